@@ -1,0 +1,27 @@
+"""Advantage rules shared by the methods (algorithms.md §2.6, §4.1, §6.1).
+
+Each function takes per-sample arrays of the samples that train (``group``: the sample's group
+in the step, ``rewards``) and returns one advantage per sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from allocators._kernels import grpo_advantages
+
+GRPO_EPS = 1e-6
+
+
+def group_normalized(group: np.ndarray, rewards: np.ndarray, num_groups: int,
+                     eps: float = GRPO_EPS, scale_by_std: bool = True) -> np.ndarray:
+    """verl GRPO over variable-size groups: A = (r − mean_g) / (std_g + eps), torch's unbiased
+    std; a group of one sample has mean 0 and std 1 (verl), so its advantage is r.
+    ``scale_by_std=False`` gives A = r − mean_g (Dr. GRPO / ``norm_adv_by_std_in_grpo=False``)."""
+    return grpo_advantages(int(num_groups), np.asarray(group, np.int64),
+                           np.asarray(rewards, np.float64), float(eps), bool(scale_by_std))
+
+
+def clip(advantages: np.ndarray, limit: float) -> np.ndarray:
+    """Clip to ±limit (Knapsack RL's ``adv_clip_value`` = 5, §2.6)."""
+    return np.clip(advantages, -limit, limit)

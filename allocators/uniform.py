@@ -1,0 +1,44 @@
+"""Uniform GRPO (algorithms.md §6.1): the same n for every prompt, group-normalised advantages.
+
+n = budget // prompts_per_step rollouts per prompt. When the budget is not a multiple of the
+batch, the remainder goes one extra rollout each to the first prompts in batch order (the rule the
+other methods' even splits use, §2.4), so the budget is always spent exactly.
+Advantage A = (r − mean) / (std + 1e-6) per prompt, torch's unbiased std (verl's GRPO); every
+sample trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from allocators.advantages import GRPO_EPS, group_normalized
+from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+
+
+def even_split(total: int, parts: int) -> np.ndarray:
+    """``total`` split over ``parts``: total // parts each, +1 to the first total % parts."""
+    out = np.full(parts, total // parts, np.int64)
+    out[: total % parts] += 1
+    return out
+
+
+@dataclass
+class UniformConfig(AllocatorConfig):
+    eps: float = GRPO_EPS          # added to the group std
+    scale_by_std: bool = True      # False: A = r − mean (Dr. GRPO)
+
+
+class Uniform(Allocator):
+    name = "uniform"
+    Config = UniformConfig
+    min_rollouts_per_prompt = 2
+
+    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
+        return even_split(step.budget, groups.size)
+
+    def build(self, step: Step, samples: Samples) -> TrainBatch:
+        adv = group_normalized(samples.group, samples.rewards, step.num_groups,
+                               self.config.eps, self.config.scale_by_std)
+        return TrainBatch.all_of(samples, adv)

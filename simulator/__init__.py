@@ -1,0 +1,1 @@
+"""The learning simulator: scenarios, the learning model (Numba kernels), the run loop."""

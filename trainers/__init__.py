@@ -1,0 +1,1 @@
+"""GRPO on a real language model (bench train): generation backends, tasks, policy update."""
