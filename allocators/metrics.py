@@ -67,8 +67,8 @@ def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
     if hit.size == 0:
         return float("nan")
     k = int(hit[0])
-    if k == 0:
-        return float(x[0])
+    if k == 0 or y[k] == target:
+        return float(x[k])
     x0, x1, y0, y1 = x[k - 1], x[k], y[k - 1], y[k]
     return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
 

@@ -1,0 +1,1 @@
+"""The command line (click) and orchestration: run configs, process pools, result writing."""

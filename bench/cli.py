@@ -1,0 +1,23 @@
+"""`bench`: the command-line entry point. Each subcommand lives in its own module and is added
+here with one line."""
+
+from __future__ import annotations
+
+import click
+
+from bench.errors import BenchGroup
+from bench.simulate_cmd import simulate
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rollout-bench")
+def main() -> None:
+    """rollout-bench: compare rollout-budget allocators for GRPO-style RL with verifiable rewards.
+
+    \b
+    simulate  score allocators on the Numba learning simulator (seconds per run)
+    Results go to CSV leaderboards in results/; per-run details to runs/<run-id>/.
+    """
+
+
+main.add_command(simulate)

@@ -1,0 +1,42 @@
+"""One clear line and exit code 2 for bad input, whatever raised it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+class BenchGroup(click.Group):
+    """A click group whose usage errors print one line, ``Error: ...``, and exit with code 2.
+
+    click's own usage errors (unknown option, bad type) print the usage block first; here every
+    ``click.UsageError`` (``BadParameter`` included) becomes that single line.
+    """
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None and isinstance(exc, click.NoSuchOption | click.BadOptionUsage):
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        sys.exit(0)
+
+
+def usage_error(message: str) -> click.UsageError:
+    """The exception to raise for bad input: one line, exit code 2."""
+    return click.UsageError(message)

@@ -1,0 +1,159 @@
+"""`bench simulate`: score allocators on the learning simulator."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from allocators.registry import METHODS, SpecError, parse_specs
+from bench.errors import usage_error
+from bench.results import (LEADERBOARD_COLUMNS, ResultsError, check_writable, leaderboard_path,
+                           read_checked)
+from bench.runner import Recorder, execute, parse_seeds
+from simulator.run import SimConfig
+from simulator.scenarios import SCENARIOS
+
+DEFAULTS = SimConfig()
+
+
+def print_scenarios(console: Console) -> None:
+    table = Table(title="Scenarios", show_lines=True)
+    for col in ("name", "prompts", "d", "what it is", "calibrated to"):
+        table.add_column(col, overflow="fold")
+    for s in SCENARIOS.values():
+        table.add_row(s.name, f"{s.num_prompts:,}", str(s.dim), s.summary, s.calibration)
+    console.print(table)
+
+
+def summary_table(rows: pd.DataFrame) -> list[Table]:
+    """Ranked tables, one per scenario: mean ± standard error over seeds."""
+    tables = []
+
+    def ms(x: pd.Series, fmt: str = ".3f") -> str:
+        x = x.dropna()
+        if x.empty:
+            return "-"
+        se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+        return f"{x.mean():{fmt}}±{se:{fmt}}"
+
+    for scenario, part in rows.groupby("scenario", sort=False):
+        seeds = part.groupby("method")["seed"].nunique().max()
+        table = Table(title=f"{scenario}: ranked by final test accuracy "
+                            f"(mean±s.e. over {seeds} seeds)")
+        for col in ("#", "method", "final acc", "AUC acc", "rollouts to target", "eff. grad",
+                    "Mtokens", "solver ms"):
+            table.add_column(col, justify="left" if col == "method" else "right",
+                             overflow="fold")
+        ranked = (part.groupby("method", sort=False)["final_test_accuracy"].mean()
+                  .sort_values(ascending=False).index)
+        for rank, method in enumerate(ranked, 1):
+            g = part[part.method == method]
+            reached = int(g["rollouts_to_target"].notna().sum())
+            to_target = (f"{g['rollouts_to_target'].mean() / 1e3:,.0f}k ({reached}/{len(g)})"
+                         if reached else f"never (0/{len(g)})")
+            table.add_row(str(rank), method, ms(g.final_test_accuracy), ms(g.auc_test_accuracy),
+                          to_target, f"{g.mean_effective_grad_ratio.mean():.3f}",
+                          f"{g.tokens.mean() / 1e6:,.1f}",
+                          f"{1e3 * g.solver_seconds_per_step.mean():.2f}")
+        tables.append(table)
+    return tables
+
+
+@click.command()
+@click.option("--scenario", default=DEFAULTS.scenario, show_default=True,
+              help="Scenario name (see --list-scenarios).")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma-separated method specs, name[@preset][:option=value...]; 'all' = every "
+                   f"registered method. Registered: {', '.join(METHODS)}.")
+@click.option("--seeds", default="5", show_default=True,
+              help="A count (5 → seeds 0..4), a list (3,7,11) or a range (10-19).")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True,
+              help="Training steps per run.")
+@click.option("--budget", type=click.IntRange(min=1), default=DEFAULTS.budget, show_default=True,
+              help="Rollouts per step.")
+@click.option("--prompts-per-step", type=click.IntRange(min=1), default=DEFAULTS.prompts_per_step,
+              show_default=True, help="Prompts in each step's batch.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every,
+              show_default=True, help="Steps between test-accuracy evaluations.")
+@click.option("--frozen", is_flag=True,
+              help="Learning rate 0: a pure bandit, the policy never moves.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes to run on [default: number of CPUs, at most the number of runs].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
+              show_default=True, help="Folder of the leaderboard CSV.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Folder for per-run details (config, per-step metrics, allocations).")
+@click.option("--list-scenarios", is_flag=True, help="Print the scenarios and exit.")
+def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_every, frozen,
+             workers, out_dir, runs_dir, list_scenarios):
+    """Run allocators on the learning simulator and rank them.
+
+    Every method runs with every seed on the same scenario (the same seed gives every method the
+    same prompts), with the same rollout budget per step. Each finished run appends one row to
+    OUT/simulate_leaderboard.csv and writes RUNS_DIR/<run-id>/; the ranked table follows.
+    """
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # logs and pipes: room for the table instead of 80 columns
+    if list_scenarios:
+        print_scenarios(console)
+        return
+    if scenario not in SCENARIOS:
+        raise usage_error(f"unknown scenario {scenario!r} (scenarios: {', '.join(SCENARIOS)})")
+    try:
+        specs = parse_specs(methods)
+        seed_list = parse_seeds(seeds)
+    except (SpecError, ValueError) as exc:
+        raise usage_error(str(exc)) from None
+    sc = SCENARIOS[scenario]
+    if prompts_per_step > sc.num_prompts:
+        raise usage_error(f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "
+                          f"{sc.num_prompts} prompts")
+    for spec in specs:
+        cls = METHODS[spec.name]
+        need = prompts_per_step * cls.min_rollouts_per_prompt
+        if cls.uses_budget and budget < need:
+            raise usage_error(f"--budget {budget} is below {spec.label}'s minimum of "
+                              f"{cls.min_rollouts_per_prompt} rollouts x {prompts_per_step} prompts "
+                              f"= {need}")
+    try:
+        out = check_writable(out_dir)
+        read_checked(leaderboard_path(out, "simulate"), LEADERBOARD_COLUMNS)
+        check_writable(runs_dir)
+    except ResultsError as exc:
+        raise usage_error(str(exc)) from None
+
+    configs = [SimConfig(scenario=scenario, method=spec.label, seed=seed, steps=steps,
+                         budget=budget, prompts_per_step=prompts_per_step,
+                         eval_every=eval_every, frozen=frozen)
+               for spec in specs for seed in seed_list]
+    n_workers = min(workers or os.cpu_count() or 1, len(configs))
+    recorder = Recorder(Path(out_dir), Path(runs_dir))
+    rows = []
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]simulate[/] {task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"{len(configs)} runs on {n_workers} worker(s)",
+                            total=len(configs) * steps)
+        runs_done = [0]
+
+        def on_done(o):
+            rows.append(recorder.record(o))
+            runs_done[0] += 1
+            bar.update(task, description=f"{runs_done[0]}/{len(configs)} runs done")
+
+        execute(configs, n_workers, on_done, lambda k: bar.advance(task, k))
+    for table in summary_table(pd.DataFrame(rows)):
+        console.print(table)
+    console.print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
+                  f"{leaderboard_path(out_dir, 'simulate')}, details in {runs_dir}/")
