@@ -61,17 +61,20 @@ def draw(rng, ids, counts, X, theta, u, b, log_len, wrong_log_shift, len_sigma, 
     length = np.empty(total, np.int64)
     answers = np.zeros(total, np.int64)
     p = success_rates(ids, X, theta, u, b)
-    norm = 0.0
-    for k in range(1, n_wrong_answers + 1):
-        norm += 1.0 / k ** wrong_answer_conc
+    cdf = np.empty(max(n_wrong_answers, 1))
+    acc = 0.0
+    for k in range(n_wrong_answers):
+        acc += 1.0 / (k + 1) ** wrong_answer_conc
+        cdf[k] = acc
     j = 0
     for a in range(ids.shape[0]):
         i = ids[a]
         pa = p[a]
+        mu_ok = log_len[i]
+        mu_bad = mu_ok + wrong_log_shift
         for _ in range(counts[a]):
             ok = rng.random() < pa
-            mu = log_len[i] if ok else log_len[i] + wrong_log_shift
-            tok = int(math.exp(mu + len_sigma * rng.standard_normal()) + 0.5)
+            tok = int(math.exp((mu_ok if ok else mu_bad) + len_sigma * rng.standard_normal()) + 0.5)
             if tok < 1:
                 tok = 1
             elif tok > max_tokens:
@@ -80,13 +83,11 @@ def draw(rng, ids, counts, X, theta, u, b, log_len, wrong_log_shift, len_sigma, 
             rew[j] = 1.0 if ok else 0.0
             length[j] = tok
             if answer_correct and not ok and n_wrong_answers > 0:
-                x = rng.random() * norm
-                k = 1
-                acc = 1.0
-                while acc < x and k < n_wrong_answers:
+                x = rng.random() * acc
+                k = 0
+                while cdf[k] < x and k < n_wrong_answers - 1:
                     k += 1
-                    acc += 1.0 / k ** wrong_answer_conc
-                answers[j] = k
+                answers[j] = k + 1
             j += 1
     return pid, rew, length, answers
 

@@ -26,7 +26,7 @@ class SimConfig:
     scenario: str = "dapo-math"
     method: str = "uniform"
     seed: int = 0
-    steps: int = 200
+    steps: int = 500
     budget: int = 2048            # rollouts per step
     prompts_per_step: int = 256
     eval_every: int = 10
