@@ -17,12 +17,25 @@ import typing
 from dataclasses import dataclass
 
 from allocators.base import Allocator, AllocatorConfig
+from allocators.cgrpo import Cgrpo
+from allocators.dapo import Dapo
+from allocators.greso import Greso
+from allocators.reinforce_ada_est import ReinforceAdaEst
+from allocators.reinforce_ada_seq import ReinforceAdaSeq, ReinforceAdaSeqPos
 from allocators.uniform import Uniform
+from allocators.variance_optimal import VarianceOptimal
 
 METHODS: dict[str, type[Allocator]] = {
     cls.name: cls
     for cls in (
         Uniform,
+        ReinforceAdaSeq,
+        ReinforceAdaSeqPos,
+        ReinforceAdaEst,
+        Dapo,
+        Greso,
+        VarianceOptimal,
+        Cgrpo,
     )
 }
 

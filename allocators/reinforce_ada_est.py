@@ -1,0 +1,181 @@
+"""Reinforce-Ada-Est (algorithms.md §4.2; Reinforce-Ada paper v3, arXiv 2510.04996): one round of
+sampling with per-prompt budgets ∝ 1/√p̂ from EMA success counts under a Beta prior.
+
+Faithful to the co-author's code, ``BaohaoLiao/Reinforce-Ada`` ``verl/trainer/ppo/ray_trainer_ema.py``
+(``_generate_multi_round_adaptive_downsampling``, single-round version) and ``core_algos.py``
+(``compute_grpo_outcome_advantage(weights=...)``), with ``scripts/run_reinforce_ada_est.sh``:
+
+- p̂ = (N_pos + α)/(N_tot + α + β) from the EMA counts *before* this step, Beta(α = 1, β = 16)
+  prior, decay λ = 0.9 per visit (``PromptStats.ema``; the counts are updated after the step with
+  every response, N ← λN + n_call);
+- weights w = 1/√max(p̂, 1e-6);
+- total = ``round_repeat`` × prompts. **Quirk Q7**: the docstring says 2×, the code uses 1×.
+  ``round_repeat = 0`` (default) takes it from the step budget, budget // prompts_per_step, so the
+  faithful total is exactly the step budget (8 per prompt at 2,048 / 256); ``total_factor = 2`` is
+  the docstring's 2× (the run then spends twice the budget and is no longer budget-bound);
+- base ``min_budget`` = 1 each (the code's hard-coded ``base_each``; the script's
+  ``min_budget_per_prompt=4`` is not read by the code), the rest in proportion to w: floors plus
+  largest remainder (ties in batch order), then the cap ``max_budget`` = 32 with the overflow
+  redistributed by weight among prompts under the cap (floors with room, then largest fractional
+  part, repeated); overflow that fits nowhere is dropped (the code's warning);
+- every response trains (no down-sampling).
+
+Advantage (§8 item 4, settled by reading ``core_algos.py``): the returned weights enter only on the
+``norm_adv_by_std_in_grpo=False`` branch, as A = w·(r − mean). The release script runs with
+``norm_adv_by_std_in_grpo=True`` and ``global_stat_est=False``, so the weights never reach the
+loss: A = (r − mean)/(std + 1e-6) per prompt, verl's GRPO (a group of one: mean 0, std 1).
+``advantage="grpo"`` (default) is the script; ``advantage="weighted"`` is the code's other branch,
+A = w·(r − mean) with the allocation weight w = 1/√p̂ (the paper's "hybrid" 1/√p in the gradient).
+Since all responses train, the pool mean and the group mean coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numba import njit
+
+from allocators.advantages import GRPO_EPS, group_normalized
+from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+from allocators.stats import PromptStats
+
+P_FLOOR = 1e-6  # the code's max(p̂, 1e-6)
+
+
+@njit(cache=True)
+def est_allocate(w, total, base, cap):
+    """Budgets per prompt: ``base`` each, the rest ∝ ``w`` (floors + largest remainder), a trim
+    from the lowest weights if the bases alone exceed the total, then the cap with the overflow
+    redistributed by weight (``cap_and_redistribute``)."""
+    m = w.shape[0]
+    out = np.full(m, base, np.int64)
+    remaining = max(0, total - base * m)
+    wsum = w.sum()
+    if remaining > 0 and wsum > 0:
+        share = remaining * w / wsum
+        floors = np.floor(share).astype(np.int64)
+        out += floors
+        left = remaining - floors.sum()
+        if left > 0:
+            order = np.argsort(-(share - floors), kind="mergesort")
+            for i in range(left):
+                out[order[i % m]] += 1
+    # defensive trim (only when base * m exceeds the total): lowest weights first, down to 1
+    excess = out.sum() - total
+    if excess > 0:
+        order = np.argsort(w, kind="mergesort")
+        t = 0
+        while excess > 0 and t < m:
+            i = order[t]
+            if out[i] > 1:
+                out[i] -= 1
+                excess -= 1
+            else:
+                t += 1
+    # cap and redistribute the overflow by weight among prompts still under the cap
+    overflow = 0
+    for i in range(m):
+        if out[i] > cap:
+            overflow += out[i] - cap
+            out[i] = cap
+    while overflow > 0:
+        cand = np.flatnonzero(out < cap)
+        if cand.size == 0:
+            break
+        cw = w[cand].copy()
+        csum = cw.sum()
+        if csum <= 0:
+            cw[:] = 1.0
+            csum = float(cand.size)
+        extra = overflow * cw / csum
+        ext_floor = np.floor(extra).astype(np.int64)
+        allocated = 0
+        for a in range(cand.size):
+            i = cand[a]
+            add = min(ext_floor[a], cap - out[i])
+            out[i] += add
+            allocated += add
+        overflow -= allocated
+        if overflow > 0:
+            order = np.argsort(-(extra - ext_floor), kind="mergesort")
+            for t in range(order.size):
+                if overflow <= 0:
+                    break
+                i = cand[order[t]]
+                if out[i] < cap:
+                    out[i] += 1
+                    overflow -= 1
+        if allocated == 0 and (np.flatnonzero(out < cap).size == 0 or csum == 0):
+            break
+    return out
+
+
+@dataclass
+class ReinforceAdaEstConfig(AllocatorConfig):
+    prior_alpha: float = 1.0       # bayes_alpha
+    prior_beta: float = 16.0       # bayes_beta
+    ema_decay: float = 0.9         # bayes_ema_decay
+    round_repeat: int = 0          # mean per prompt; 0: budget // prompts_per_step
+    total_factor: int = 1          # Q7: 1 (code), 2 (docstring)
+    min_budget: int = 1            # base_each
+    max_budget: int = 32           # max_budget_per_prompt
+    advantage: Literal["grpo", "weighted"] = "grpo"
+
+    def __post_init__(self):
+        if self.total_factor not in (1, 2):
+            raise ValueError("total_factor must be 1 (code) or 2 (docstring)")
+        if self.min_budget < 1 or self.max_budget < self.min_budget:
+            raise ValueError("need 1 <= min_budget <= max_budget")
+        if not 0.0 <= self.ema_decay <= 1.0 or self.prior_alpha <= 0 or self.prior_beta <= 0:
+            raise ValueError("need ema_decay in [0, 1] and a positive Beta prior")
+
+
+class ReinforceAdaEst(Allocator):
+    name = "ada-est"
+    Config = ReinforceAdaEstConfig
+    min_rollouts_per_prompt = 1
+
+    def __init__(self, config: ReinforceAdaEstConfig | None = None):
+        super().__init__(config)
+        if self.config.total_factor != 1:
+            self.uses_budget = False  # the docstring's 2x spends twice the step budget
+
+    def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
+        super().reset(num_prompts, rng)
+        self.stats = PromptStats(num_prompts, reward_buffer=0, visit_window=0,
+                                 ema_decay=self.config.ema_decay)
+        self._w = np.zeros(0)
+
+    def weights(self, prompt_ids: np.ndarray) -> np.ndarray:
+        c = self.config
+        p_hat = self.stats.ema(prompt_ids, c.prior_alpha, c.prior_beta)
+        return 1.0 / np.sqrt(np.maximum(p_hat, P_FLOOR))
+
+    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
+        c = self.config
+        m = groups.size
+        per_prompt = c.round_repeat if c.round_repeat > 0 else step.budget // m
+        total = c.total_factor * per_prompt * m
+        if c.round_repeat == 0 and c.total_factor == 1:
+            total = step.budget  # the budget exactly, also when it is not a multiple of m
+        self._w = self.weights(step.prompt_ids[groups])
+        return est_allocate(self._w, int(total), c.min_budget, c.max_budget)
+
+    def build(self, step: Step, samples: Samples) -> TrainBatch:
+        if self.config.advantage == "grpo":
+            adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, True)
+        else:
+            adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, False)
+            adv = adv * self._w[samples.group]
+        return TrainBatch.all_of(samples, adv)
+
+    def observe(self, result) -> None:
+        self.stats.observe(result)
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["stats"])
