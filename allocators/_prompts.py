@@ -1,0 +1,34 @@
+"""Prompt selection helpers for methods that take prompts from the epoch stream more than once per
+step (DAPO's refills §6.2, GRESO's pre-rollout filter §6.3, C-GRPO's held-out calibration slice
+§6.5).
+
+``PromptStream.take`` never returns the same prompt twice within one call, but two calls in the
+same step can straddle an epoch boundary and serve a prompt of the first call again. The contract
+requires a step's batch to hold distinct prompts, so these methods take through ``take_distinct``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from allocators.base import Step
+
+
+def take_distinct(step: Step, k: int, taken: np.ndarray) -> np.ndarray:
+    """Next ``k`` prompts of the epoch stream that are not flagged in ``taken`` (a boolean mask over
+    the training pool, updated in place). A prompt served again is dropped (it is already in this
+    step's batch, or excluded) and the stream is asked for more; fewer than ``k`` come back only
+    when the pool has no untaken prompt left."""
+    out = []
+    need = int(k)
+    free = int(taken.size - taken.sum())
+    while need > 0 and free > 0:
+        ids = step.stream.take(min(need, step.stream.num_prompts))
+        ids = ids[~taken[ids]]
+        taken[ids] = True
+        free -= ids.size
+        need -= ids.size
+        out.append(ids)
+    if not out:
+        return np.zeros(0, np.int64)
+    return np.concatenate(out) if len(out) > 1 else out[0]
