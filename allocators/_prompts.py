@@ -21,12 +21,13 @@ def take_distinct(step: Step, k: int, taken: np.ndarray) -> np.ndarray:
     when the pool has no untaken prompt left."""
     out = []
     need = int(k)
-    free = int(taken.size - taken.sum())
-    while need > 0 and free > 0:
-        ids = step.stream.take(min(need, step.stream.num_prompts))
+    pool = step.stream.num_prompts
+    served = 0  # two passes over the pool serve every untaken prompt at least once
+    while need > 0 and served < 2 * pool:
+        ids = step.stream.take(min(need, pool))
+        served += ids.size
         ids = ids[~taken[ids]]
         taken[ids] = True
-        free -= ids.size
         need -= ids.size
         out.append(ids)
     if not out:
