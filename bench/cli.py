@@ -6,7 +6,9 @@ from __future__ import annotations
 import click
 
 from bench.errors import BenchGroup
+from bench.report_cmd import report
 from bench.simulate_cmd import simulate
+from bench.sweep_cmd import sweep
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,3 +23,5 @@ def main() -> None:
 
 
 main.add_command(simulate)
+main.add_command(report)
+main.add_command(sweep)

@@ -1,0 +1,108 @@
+"""PNG plots of `bench report` (matplotlib, Agg backend: no display needed).
+
+Each function draws tables computed by ``bench/report.py`` and writes one file; none computes
+statistics itself. One figure per group (mode, scenario, model), one line or bar series per arm.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 110
+
+
+def slug(*parts: str) -> str:
+    text = "-".join(str(p) for p in parts if str(p))
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def _colors(arms: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    return {a: cmap(k % cmap.N) for k, a in enumerate(arms)}
+
+
+def learning_curves(bands: pd.DataFrame, x: str, title: str, path: Path,
+                    target: float | None = None, confidence: float = 0.95) -> Path:
+    """Mean test accuracy against ``x`` per arm, with the bootstrap band; dashed target line."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    arms = list(dict.fromkeys(bands["arm"]))
+    colors = _colors(arms)
+    scale, unit = (1e6, "M") if x == "tokens" else (1e3, "k")
+    for arm in arms:
+        b = bands[bands["arm"] == arm]
+        xs = b["x"].to_numpy(float) / scale
+        seeds = int(b["seeds"].iloc[0])
+        ax.plot(xs, b["mean"], color=colors[arm], lw=1.8, label=f"{arm} ({seeds} seeds)")
+        if b["low"].notna().any():
+            ax.fill_between(xs, b["low"], b["high"], color=colors[arm], alpha=0.18, lw=0)
+    if target is not None and np.isfinite(target):
+        ax.axhline(target, color="0.4", ls="--", lw=1, label=f"target {target:g}")
+    ax.set_xlabel(f"cumulative {x} ({unit})")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{title}\nmean over seeds, {confidence:.0%} bootstrap band", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def allocation_histogram(summary: pd.DataFrame, title: str, path: Path) -> Path:
+    """Two panels per arm group: rollouts per prompt visit, and share of all rollouts, against
+    the pass-rate bin of the prompts when they were sampled."""
+    arms = list(dict.fromkeys(summary["arm"]))
+    colors = _colors(arms)
+    bins = summary[["p_low", "p_high"]].drop_duplicates().sort_values("p_low")
+    labels = [f"{lo:.1f}-{hi:.1f}" for lo, hi in bins.itertuples(index=False)]
+    pos = np.arange(len(bins))
+    width = 0.8 / max(1, len(arms))
+    fig, axes = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, layout="constrained")
+    for k, arm in enumerate(arms):
+        s = summary[summary["arm"] == arm].set_index("p_low").reindex(bins["p_low"])
+        off = pos - 0.4 + width * (k + 0.5)
+        axes[0].bar(off, s["rollouts_per_prompt"].fillna(0), width, color=colors[arm], label=arm)
+        axes[1].bar(off, 100 * s["share"].fillna(0), width, color=colors[arm])
+    axes[0].set_ylabel("rollouts per prompt visit")
+    axes[1].set_ylabel("share of rollouts (%)")
+    axes[1].set_xticks(pos, labels, rotation=0, fontsize=8)
+    axes[1].set_xlabel("pass rate of the prompt when sampled (true rate in the simulator)")
+    fig.suptitle(f"{title}\nallocation over all steps and seeds", fontsize=10)
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8, ncols=min(3, len(arms)))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def solver_scaling(table: pd.DataFrame, x: str, y: str, series: list[str], title: str,
+                   path: Path, x_label: str, y_label: str) -> Path:
+    """Solver time against problem size, one line per series (method/solver), log-log axes."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    keys = table[series].astype(str).agg(" ".join, axis=1) if series else pd.Series(
+        ["all"] * len(table), index=table.index)
+    names = list(dict.fromkeys(keys))
+    colors = _colors(names)
+    for name in names:
+        t = table[keys == name].groupby(x, sort=True)[y].median()
+        ax.plot(t.index.to_numpy(float), t.to_numpy(float), "o-", color=colors[name], label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
