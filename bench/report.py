@@ -129,15 +129,24 @@ def filter_rows(rows: pd.DataFrame, modes: list[str] | None = None,
 
 
 def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add the ``arm`` column: method spec, plus the settings that vary inside the group."""
+    """Add the ``arm`` column: method spec, plus the settings that vary inside the group.
+
+    Frozen-policy runs (``bench simulate --frozen``: learning rate 0) are recognised by a final
+    test accuracy exactly equal to the initial one and never pooled with learning runs: where
+    both kinds share a group, the frozen arms are labelled ``frozen``."""
     rows = rows.copy()
+    rows["frozen"] = rows["final_test_accuracy"] == rows["initial_test_accuracy"]
     rows["arm"] = rows["method"].astype(str)
     for _, idx in rows.groupby(GROUP, sort=False).groups.items():
         part = rows.loc[idx]
         varying = [s for s in ARM_SETTINGS if part[s].nunique() > 1]
-        if varying:
+        mixed = part["frozen"].nunique() > 1
+        if varying or mixed:
             rows.loc[idx, "arm"] = part.apply(
-                lambda r: f"{r['method']} ({', '.join(f'{s}={r[s]}' for s in varying)})", axis=1)
+                lambda r: f"{r['method']} ("
+                          + ", ".join([f"{s}={r[s]}" for s in varying]
+                                      + (["frozen"] if mixed and r["frozen"] else []))
+                          + ")", axis=1).str.replace(" ()", "", regex=False)
     return rows
 
 

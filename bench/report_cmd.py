@@ -199,6 +199,9 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
     across = R.across_scenarios(rows, "final_test_accuracy", **kw)
 
     notes: list[str] = []
+    if not (rows["method"] == baseline).any():
+        notes.append(f"no run of the baseline {baseline!r}: no comparisons with a baseline "
+                     f"(choose one with --baseline)")
     if dropped:
         notes.append(f"{dropped} duplicate row(s) (same config hash) counted once")
     plots_written: dict[tuple, dict[str, Path]] = {}

@@ -170,6 +170,14 @@ def test_duplicates_count_once_and_arms_name_varying_settings(tmp_path):
     arms = set(R.label_arms(loaded)["arm"])
     assert arms == {"uniform (budget=2048)", "uniform (budget=4096)", "better (budget=2048)",
                     "worse (budget=2048)"}
+    # a frozen-policy run (final accuracy = initial) is its own arm, never pooled
+    frozen = _row("uniform", 9, 0.37)
+    append_rows(path, [frozen])
+    labelled = R.label_arms(R.load_rows([path]))
+    uni = labelled[(labelled["method"] == "uniform") & (labelled["budget"] == 2048)]
+    assert set(uni[uni["seed"] == 9]["arm"]) == {"uniform (budget=2048, frozen)"}
+    assert set(uni[uni["seed"] < 9]["arm"]) == {"uniform (budget=2048)"}
+    assert set(labelled[labelled["method"] == "better"]["arm"]) == {"better (budget=2048)"}
 
 
 # ------------------------------------------------------------------ the command
