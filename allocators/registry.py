@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from allocators.base import Allocator, AllocatorConfig
 from allocators.cgrpo import Cgrpo
+from allocators.cropi import Cropi
 from allocators.dapo import Dapo
 from allocators.greso import Greso
 from allocators.reinforce_ada_est import ReinforceAdaEst
@@ -36,6 +37,7 @@ METHODS: dict[str, type[Allocator]] = {
         Greso,
         VarianceOptimal,
         Cgrpo,
+        Cropi,
     )
 }
 

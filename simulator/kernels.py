@@ -169,3 +169,80 @@ def mean_success(X, theta, b):
             z += X[i, k] * theta[k]
         s += _sigmoid(z)
     return s / n
+
+
+# --------------------------------------------------------------------------------------------
+# Per-prompt off-policy gradients (CROPI, algorithms.md §5.2)
+# --------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _log_sigmoid(z):
+    """log σ(z), stable for large |z|."""
+    if z >= 0.0:
+        return -math.log1p(math.exp(-z))
+    return z - math.log1p(math.exp(z))
+
+
+@njit(cache=True)
+def sample_log_probs(ids, counts, rewards, X, theta, u, b):
+    """log π(r) = r·log p + (1 − r)·log(1 − p) of each sample, p = σ(z) of its prompt.
+
+    Samples come grouped: the first ``counts[0]`` belong to prompt ``ids[0]``, and so on."""
+    z = logit_of(ids, X, theta, u, b)
+    out = np.empty(rewards.shape[0])
+    j = 0
+    for a in range(ids.shape[0]):
+        lp1 = _log_sigmoid(z[a])       # log p
+        lp0 = _log_sigmoid(-z[a])      # log (1 − p)
+        for _ in range(counts[a]):
+            out[j] = lp1 if rewards[j] > 0.5 else lp0
+            j += 1
+    return out
+
+
+@njit(cache=True)
+def offpolicy_grpo_gradients(ids, counts, rewards, behaviour_logp, X, theta, u, b, adv_eps):
+    """Per-prompt gradient w.r.t. θ of CROPI's off-policy GRPO loss (official ``grpo_loss`` with
+    ``--cancel_ppo_clip``, KL term off, one micro-batch per prompt):
+
+        L_k(θ) = −(1/n) Σ_j ρ_j(θ)·A_j,   ρ_j = π_θ(r_j) / π_β(r_j) (unclipped),
+        A_j = (r_j − mean r) / (std r + adv_eps), unbiased std over the prompt's n samples,
+
+    so ∇L_k = −(1/n) Σ_j A_j·ρ_j·(r_j − p_k)·x_k with p_k = σ(z_k) at the current θ (and u).
+    Row k of the result is that gradient for prompt ``ids[k]``, whose samples are the next
+    ``counts[k]`` entries of ``rewards`` / ``behaviour_logp`` (log π_β of each sample). A prompt
+    with fewer than two samples or equal rewards has A ≡ 0 and a zero row. The memorisation term u
+    shifts p but is not a coordinate of the gradient (θ only)."""
+    m = ids.shape[0]
+    d = X.shape[1]
+    z = logit_of(ids, X, theta, u, b)
+    out = np.zeros((m, d))
+    j = 0
+    for a in range(m):
+        n = counts[a]
+        s = 0.0
+        ss = 0.0
+        for q in range(j, j + n):
+            s += rewards[q]
+            ss += rewards[q] * rewards[q]
+        if n > 1:
+            mean = s / n
+            var = (ss - n * mean * mean) / (n - 1)
+            std = math.sqrt(var) if var > 0.0 else 0.0
+            za = z[a]
+            p = 1.0 / (1.0 + math.exp(-za)) if za >= 0.0 else math.exp(za) / (1.0 + math.exp(za))
+            lp1 = _log_sigmoid(za)
+            lp0 = _log_sigmoid(-za)
+            c = 0.0
+            for q in range(j, j + n):
+                r = rewards[q]
+                adv = (r - mean) / (std + adv_eps)
+                if adv != 0.0:
+                    lp = lp1 if r > 0.5 else lp0
+                    c += adv * math.exp(lp - behaviour_logp[q]) * (r - p)
+            c = -c / n
+            if c != 0.0:
+                i = ids[a]
+                for k in range(d):
+                    out[a, k] = c * X[i, k]
+        j += n
+    return out

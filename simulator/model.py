@@ -70,6 +70,7 @@ class SimulatedSource:
         self.answers = answers
         s = model.s
         self._wrong_shift = math.log(s.wrong_length_factor)
+        self._zero_u_test: np.ndarray | None = None
 
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
         m, s = self.model, self.model.s
@@ -83,3 +84,66 @@ class SimulatedSource:
     def true_success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
         """The simulator's ground truth (for oracle allocators and frozen-mode scoring)."""
         return self.model.success_rates(prompt_ids)
+
+    # -- per-prompt gradients: CROPI's ``GradientSource`` (allocators/cropi.py, §5.2) ----------
+    # A prompt's samples are summarised by their rewards: under the logistic model the score of a
+    # sample is (r − p)·x for θ, and π(r) = p^r (1 − p)^(1 − r) is its probability. Gradients
+    # are taken w.r.t. the shared parameters θ only (d coordinates): the memorisation term u_i
+    # belongs to one training prompt and validation (test) prompts have none, so its coordinates
+    # would be orthogonal to every target and only rescale a prompt's gradient norm.
+    @property
+    def grad_dim(self) -> int:
+        return int(self.model.w.X.shape[1])
+
+    def validation_sets(self) -> dict[str, np.ndarray]:
+        """Named validation sets: indices into the test set (``World.validation``)."""
+        return {k: v.copy() for k, v in self.model.w.validation.items()}
+
+    def _split(self, split: str):
+        w = self.model.w
+        if split == "train":
+            return w.X, self.model.u, w.b
+        if split == "validation":
+            if self._zero_u_test is None or self._zero_u_test.size != w.X_test.shape[0]:
+                self._zero_u_test = np.zeros(w.X_test.shape[0])
+            return w.X_test, self._zero_u_test, w.b_test
+        raise ValueError(f"split must be 'train' or 'validation', not {split!r}")
+
+    def sample_validation(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
+        """Rollouts of validation (test) prompts by the current policy. Lengths use the
+        scenario's median (test prompts have no length model); answers are not drawn."""
+        m, s = self.model, self.model.s
+        X, u, b = self._split("validation")
+        log_len = np.full(X.shape[0], math.log(s.median_tokens))
+        pid, rew, length, ans = kernels.draw(
+            self.rng, np.asarray(prompt_ids, np.int64), np.asarray(counts, np.int64),
+            X, m.theta, u, b, log_len, self._wrong_shift, s.sample_length_sigma, s.max_tokens,
+            False, 0, 1.0)
+        return Samples(pid, rew, length, answers=ans)
+
+    def log_probs(self, samples: Samples, counts: np.ndarray, split: str = "train") -> np.ndarray:
+        """log π_θ(r) of each sample under the current policy (the behaviour log-probability
+        when called right after sampling). Samples are grouped: ``counts[k]`` per prompt."""
+        counts = np.asarray(counts, np.int64)
+        X, u, b = self._split(split)
+        ids = self._group_ids(samples, counts)
+        return kernels.sample_log_probs(ids, counts, np.asarray(samples.rewards, np.float64),
+                                        X, self.model.theta, u, b)
+
+    def prompt_gradients(self, samples: Samples, counts: np.ndarray, behaviour: np.ndarray,
+                         split: str = "train", adv_eps: float = 1e-4) -> np.ndarray:
+        """Per-prompt gradient of the off-policy GRPO loss at the current θ, one row per prompt
+        (``kernels.offpolicy_grpo_gradients``): importance ratio π_θ(r)/π_β(r), unclipped."""
+        counts = np.asarray(counts, np.int64)
+        X, u, b = self._split(split)
+        ids = self._group_ids(samples, counts)
+        return kernels.offpolicy_grpo_gradients(
+            ids, counts, np.asarray(samples.rewards, np.float64),
+            np.asarray(behaviour, np.float64), X, self.model.theta, u, b, float(adv_eps))
+
+    @staticmethod
+    def _group_ids(samples: Samples, counts: np.ndarray) -> np.ndarray:
+        if counts.sum() != len(samples) or (counts.size and counts.min() < 1):
+            raise ValueError("counts must be positive and add up to the number of samples")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return np.asarray(samples.prompt_ids, np.int64)[starts]

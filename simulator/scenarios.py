@@ -16,6 +16,18 @@ for initially harder prompts); wrong answers are ``wrong_length_factor`` times l
 
 Answers (for answer-level methods such as C-GRPO). A correct sample answers 0; a wrong one picks
 one of ``n_wrong_answers`` distractors with probability ∝ 1/k^``wrong_answer_conc``.
+
+Domains (optional, for data-selection methods such as CROPI, algorithms.md §5). A scenario may
+split its prompts into named domains (say GSM8K-, MATH- and DeepScaleR-like), each with its own
+share of the train pool and of the test set and its own initial pass-rate mixture. A domain adds a
+shared skill direction s_D ~ N(0, I_d), drawn once per world, to its prompts' features:
+x_i = (ρ·|g_i| + δ·s_D + √(1−ρ²−δ²)·h_i) / √d, δ = ``domain_strength``; prompts of one domain
+then help each other more (by δ²) than prompts of different domains. Without domains the features
+are exactly the formula above (δ = 0, same random draws).
+
+Validation sets: named subsets of the test prompts (``World.validation``), the targets of
+CROPI's influence scores. With domains, ``validation_sets`` names the domains whose test prompts
+form one set each; without, there is one set, ``test``, holding every test prompt.
 """
 
 from __future__ import annotations
@@ -56,10 +68,21 @@ class Scenario:
     # the accuracy whose crossing the rollouts_to_target metric reports
     target_accuracy: float = 0.6
     frozen: bool = False
+    # domains: (name, share of the train pool, share of the test set, pass-rate mixture); when
+    # given they replace ``pass_rate_mixture`` (see the module docstring)
+    domains: tuple[tuple[str, float, float, tuple[tuple[float, float, float], ...]], ...] = ()
+    domain_strength: float = 0.0
+    validation_sets: tuple[str, ...] = ()   # domain names whose test prompts are validation sets
 
     def resolved(self) -> dict:
         d = asdict(self)
         d["pass_rate_mixture"] = [list(c) for c in self.pass_rate_mixture]
+        if self.domains or self.domain_strength or self.validation_sets:
+            d["domains"] = [[n, tr, te, [list(c) for c in mix]] for n, tr, te, mix in self.domains]
+            d["validation_sets"] = list(self.validation_sets)
+        else:  # scenarios without domains resolve (and hash) as before domains existed
+            for key in ("domains", "domain_strength", "validation_sets"):
+                del d[key]
         return d
 
     def with_frozen(self) -> "Scenario":
@@ -76,6 +99,12 @@ class World:
     X_test: np.ndarray
     b_test: np.ndarray
     p0: np.ndarray = field(repr=False)
+    # validation sets: name -> indices into the test set (see the module docstring)
+    validation: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # domain index per train / test prompt (all 0 without domains) and the domain names
+    domain: np.ndarray | None = field(default=None, repr=False)
+    domain_test: np.ndarray | None = field(default=None, repr=False)
+    domain_names: tuple[str, ...] = ()
 
 
 def _initial_pass_rates(rng: np.random.Generator, n: int, mixture) -> np.ndarray:
@@ -94,7 +123,60 @@ def _features(rng: np.random.Generator, n: int, d: int, rho: float) -> np.ndarra
     return (rho * g + math.sqrt(max(0.0, 1 - rho * rho)) * h) / math.sqrt(d)
 
 
+def _domain_sizes(shares: list[float], n: int) -> np.ndarray:
+    """``n`` split by ``shares``: floors, then the largest remainders (ties to the first)."""
+    w = np.asarray(shares, float)
+    exact = n * w / w.sum()
+    out = np.floor(exact).astype(np.int64)
+    left = n - int(out.sum())
+    out[np.argsort(-(exact - out), kind="stable")[:left]] += 1
+    return out
+
+
+def _domain_split(rng: np.random.Generator, s: Scenario, sizes: np.ndarray, dirs: np.ndarray):
+    """Pass rates, features and domain labels of prompts drawn domain by domain (in blocks of
+    rows, so that the temporary normal arrays stay small at large d)."""
+    n, d = int(sizes.sum()), s.dim
+    dom = np.repeat(np.arange(sizes.size), sizes)
+    p0 = np.empty(n)
+    X = np.empty((n, d))
+    rest = math.sqrt(max(0.0, 1.0 - s.transfer ** 2 - s.domain_strength ** 2))
+    start = 0
+    for k, (_, _, _, mixture) in enumerate(s.domains):
+        stop = start + int(sizes[k])
+        p0[start:stop] = _initial_pass_rates(rng, stop - start, mixture)
+        for lo in range(start, stop, 2048):
+            hi = min(stop, lo + 2048)
+            g = np.abs(rng.standard_normal((hi - lo, d)))
+            h = rng.standard_normal((hi - lo, d))
+            X[lo:hi] = (s.transfer * g + s.domain_strength * dirs[k] + rest * h) / math.sqrt(d)
+        start = stop
+    return p0, X, dom
+
+
+def _build_domain_world(s: Scenario, seed: int) -> World:
+    rng = np.random.default_rng([seed, 0x5EED, 1])
+    names = tuple(dm[0] for dm in s.domains)
+    unknown = [v for v in s.validation_sets if v not in names]
+    if unknown:
+        raise ValueError(f"scenario {s.name}: validation sets {unknown} are not domains {names}")
+    dirs = rng.standard_normal((len(names), s.dim))
+    p0, X, dom = _domain_split(rng, s, _domain_sizes([dm[1] for dm in s.domains],
+                                                       s.num_prompts), dirs)
+    b = -np.log(p0 / (1 - p0))
+    log_len = (math.log(s.median_tokens) + s.prompt_length_sigma * rng.standard_normal(s.num_prompts)
+               + s.difficulty_length_slope * (0.5 - p0))
+    p0_test, X_test, dom_test = _domain_split(rng, s, _domain_sizes([dm[2] for dm in s.domains],
+                                                                    s.num_test), dirs)
+    b_test = -np.log(p0_test / (1 - p0_test))
+    validation = ({v: np.flatnonzero(dom_test == names.index(v)) for v in s.validation_sets}
+                  or {"test": np.arange(s.num_test)})
+    return World(X, b, log_len, X_test, b_test, p0, validation, dom, dom_test, names)
+
+
 def build_world(s: Scenario, seed: int) -> World:
+    if s.domains:
+        return _build_domain_world(s, seed)
     rng = np.random.default_rng([seed, 0x5EED])
     p0 = _initial_pass_rates(rng, s.num_prompts, s.pass_rate_mixture)
     X = _features(rng, s.num_prompts, s.dim, s.transfer)
@@ -105,7 +187,9 @@ def build_world(s: Scenario, seed: int) -> World:
     p0_test = _initial_pass_rates(rng, s.num_test, s.pass_rate_mixture)
     X_test = _features(rng, s.num_test, s.dim, s.transfer)
     b_test = -np.log(p0_test / (1 - p0_test))
-    return World(np.ascontiguousarray(X), b, log_len, np.ascontiguousarray(X_test), b_test, p0)
+    return World(np.ascontiguousarray(X), b, log_len, np.ascontiguousarray(X_test), b_test, p0,
+                 {"test": np.arange(s.num_test)}, np.zeros(s.num_prompts, np.int64),
+                 np.zeros(s.num_test, np.int64), ("all",))
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -154,6 +238,32 @@ _register(Scenario(
     num_prompts=10_000,
     pass_rate_mixture=((0.35, 5.0, 0.6), (0.50, 2.0, 1.5), (0.15, 0.5, 4.0)),
     target_accuracy=0.69,
+))
+
+_register(Scenario(
+    name="cropi-math",
+    summary="CROPI's GSM8K + MATH + DeepScaleR pool in three skill domains, d = 2,048; "
+            "validation sets gsm8k and math are the test prompts of those domains.",
+    calibration="CROPI's setting (algorithms.md §5.3): train pool gsm_math_dsr = GSM8K-train "
+                "7,473 + MATH-train 7,500 + DeepScaleR 40,315 prompts, scaled to 11,000 with the "
+                "same shares (13.6/13.6/72.8%); targets gsm8k and math (run_cropi.sh); test set "
+                "shaped like its RL evaluation (gsm8k 1,319; MATH500 + gaokao2023en 885; "
+                "olympiadbench + aime24 + amc23 745 prompts -> shares 45/30/25%). Initial pass "
+                "rates for Qwen2.5-1.5B-Instruct at T = 0.5: gsm8k Beta(1.6, 0.6) (mean 0.73, 32% "
+                "all-right at n = 8), math Beta(0.8, 0.65) (mean 0.55, 19% all-right, 11% "
+                "all-wrong), deepscaler Beta(0.45, 1.3) (mean 0.26, 38% all-wrong). Domain "
+                "strength 0.15: a prompt helps prompts of its own domain about 2.6x as much as "
+                "the others (δ² = 0.0225 against the shared transfer ρ²·2/π = 0.014, an "
+                "assumption). d = 2,048 so that CROPI's sparse random projection has something to "
+                "compress (its official run keeps 1% of 1.5B coordinates and projects to 32,768).",
+    num_prompts=11_000,
+    dim=2_048,
+    domains=(("gsm8k", 0.136, 0.45, ((1.0, 1.6, 0.6),)),
+             ("math", 0.136, 0.30, ((1.0, 0.8, 0.65),)),
+             ("deepscaler", 0.728, 0.25, ((1.0, 0.45, 1.3),))),
+    domain_strength=0.15,
+    validation_sets=("gsm8k", "math"),
+    target_accuracy=0.62,
 ))
 
 
