@@ -311,3 +311,38 @@ def test_cgrpo_stops_early_holds_out_calibration_and_recalibrates():
         pid = r.prompt_ids[train]
         assert (c.generated[train][pid < 200] == 2).all()
     assert 0.05 <= alloc.delta <= 0.95
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 16), st.integers(2, 8), st.integers(0, 1000))
+def test_greso_bounds_on_random_batches(m, n, seed):
+    rng = np.random.default_rng(seed)
+    rates = rng.choice([0.0, 1.0, 0.3, 0.7], size=150)
+    d = Driver(parse_spec("greso").build(), rates, prompts_per_step=m, budget=m * n, seed=seed)
+    for _ in range(8):
+        r = d.step()
+        c = r.counts
+        assert (c.generated == n).all() and np.unique(r.prompt_ids).size == r.prompt_ids.size
+        g = trained_groups(r)
+        assert g.size <= m and (c.trained[g] == n).all()
+        assert_trained_groups_mixed(r)
+        assert r.info["gen_rounds"] <= 10
+        assert 0.05 <= d.alloc.p_easy <= 0.95 and 0.05 <= d.alloc.p_hard <= 0.95
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 24), st.integers(0, 1000), st.sampled_from(["2,4,8,16,32", "3,5,9"]))
+def test_cgrpo_bounds_on_random_batches(m, seed, grid):
+    rng = np.random.default_rng(seed)
+    rates = rng.random(200)
+    alloc = parse_spec(f"cgrpo:num_calibration=10:recalibrate_every=3:budget_grid={grid}").build()
+    d = Driver(alloc, rates, prompts_per_step=m, budget=8 * m, seed=seed)
+    sizes = {int(x) for x in grid.split(",")}
+    for _ in range(4):
+        r = d.step()
+        c = r.counts
+        train = ~np.isin(r.prompt_ids, alloc.calibration_ids)
+        assert train.sum() == m and np.unique(r.prompt_ids).size == r.prompt_ids.size
+        assert set(np.unique(c.generated[train])) <= sizes
+        assert (c.trained[train] == c.generated[train]).all() and (c.trained[~train] == 0).all()
+        assert np.isfinite(r.train.advantages).all()
