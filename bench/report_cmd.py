@@ -37,13 +37,14 @@ def fmt(x: float, digits: int = 3) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def fmt_ci(point: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
+def fmt_ci(point: float, low: float, high: float, digits: int = 3, signed: bool = False,
+           sep: str = " ") -> str:
     if point is None or not np.isfinite(point):
         return "-"
     f = f"+.{digits}f" if signed else f".{digits}f"
     if not np.isfinite(low):
         return f"{point:{f}}"
-    return f"{point:{f}} [{low:{f}}, {high:{f}}]"
+    return f"{point:{f}}{sep}[{low:{f}}, {high:{f}}]"
 
 
 def fmt_count(x: float, unit: str = "k") -> str:
@@ -303,13 +304,13 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
         lambda v: v[(v["mode"] == key[0]) & (v["scenario"] == key[1]) & (v["model"] == key[2])]
     )["baseline"] if b})
     target = None
-    table = Table(title=f"{group_title(key)}: ranked by final test accuracy "
+    table = Table(show_lines=True, title=f"{group_title(key)}: ranked by final test accuracy "
                         f"(mean [{confidence:.0%} bootstrap CI] over seeds)")
     for col in ("#", "arm", "seeds", "final acc", "Δ vs base (paired)", "P(> base)",
                 "AUC acc (rank)", "rollouts to target", "× less compute", "eff. grad"):
         table.add_column(col, justify="left" if col == "arm" else "right",
                          overflow="fold", no_wrap=col != "arm",
-                         min_width=min(42, max(map(len, g["arm"]))) if col == "arm" else None)
+                         min_width=min(20, max(map(len, g["arm"]))) if col == "arm" else None)
     for r in g.itertuples(index=False):
         a = _lookup(auc, key, r.arm)
         c = _lookup(costs, key, r.arm)
@@ -320,14 +321,14 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
             to_target = (f"{fmt_count(c['rollouts_to_target'])} ({c['reached']}/{r.seeds})"
                          if c["reached"] else f"never (0/{r.seeds})")
         has_base = v is not None and v["paired_seeds"] > 0
-        table.add_row(str(r.rank), r.arm, str(r.seeds), fmt_ci(r.mean, r.ci_low, r.ci_high),
-                      fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True)
+        table.add_row(str(r.rank), r.arm, str(r.seeds), fmt_ci(r.mean, r.ci_low, r.ci_high, sep="\n"),
+                      fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True, sep="\n")
                       if has_base else "-",
-                      fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2) if has_base else "-",
+                      fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2, sep="\n") if has_base else "-",
                       f"{fmt(a['mean'])} ({a['rank']})" if a is not None else "-",
                       to_target,
                       fmt_ci(c["compute_ratio"], c["compute_ratio_low"], c["compute_ratio_high"],
-                             2) if c is not None else "-",
+                             2, sep="\n") if c is not None else "-",
                       fmt(c["effective_grad_ratio"]) if c is not None else "-")
     cap = f"base = {' / '.join(bases) if bases else '(no ' + baseline + ' arm)'}"
     if len(bases) > 1:
