@@ -297,3 +297,38 @@ def test_bad_options_are_rejected():
             parse_spec(spec)
     assert isinstance(parse_spec("cropi:projection=rademacher:sparsity=0.1").build(), Cropi)
     assert CropiConfig().ratio == 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# The measurement scripts
+# --------------------------------------------------------------------------------------------
+def test_crossing_interpolates():
+    from bench.cropi_speedup import crossing
+    x, acc = np.array([0.0, 10, 20, 30]), np.array([0.5, 0.6, 0.7, 0.65])
+    assert crossing(x, acc, 0.65) == pytest.approx(15.0)
+    assert crossing(x, acc, 0.5) == 0.0
+    assert math.isnan(crossing(x, acc, 0.71))
+
+
+def test_speedup_and_precision_scripts_run(tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main as bench_main
+    from bench.cropi_precision import main as precision
+    from bench.cropi_speedup import main as speedup
+
+    runs = tmp_path / "runs"
+    r = CliRunner().invoke(bench_main, [
+        "simulate", "--scenario", "easy", "--methods", "uniform,cropi:score=random", "--seeds", "1",
+        "--steps", "6", "--eval-every", "3", "--budget", "256", "--prompts-per-step", "32",
+        "--workers", "1", "--out", str(tmp_path / "results"), "--runs-dir", str(runs)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(speedup, ["--runs-dir", str(runs), "--at", "3"])
+    assert r.exit_code == 0, r.output
+    assert "cropi:score=random" in r.output and "1.00x" in r.output  # uniform against itself
+    r = CliRunner().invoke(speedup, ["--runs-dir", str(runs), "--baseline", "nope"])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(precision, ["--scenario", "hard", "--trained-steps", "2", "--sparsity",
+                                       "1,0.5", "--proj-dims", "8,64", "--repeats", "1"])
+    assert r.exit_code == 0, r.output
+    assert "precision@0.1 (fused)" in r.output and "chance level" in r.output
