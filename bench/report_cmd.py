@@ -444,5 +444,5 @@ def _markdown(rows, files, ranks, poi, vs, costs, across, plots_written, notes, 
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["Tables as CSV: `ranking_final_test_accuracy.csv`, `ranking_auc_test_accuracy.csv`, "
-           "`probability_of_improvement.csv`, `cost.csv`.", ""]
+           "`probability_of_improvement.csv`, `versus_baseline.csv`, `cost.csv`.", ""]
     return "\n".join(md)

@@ -57,6 +57,13 @@ def test_expand_products_dedupes_and_hashes(grid):
         assert r.config_hash == config_hash(resolve(r.config))
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "bench" / "grids")
+                                        .glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_grids_expand(path):
+    plan = load_grid(path)
+    assert plan.runs and all(r.config.steps >= 1 for r in plan.runs)
+
+
 def test_grid_lists_and_defaults():
     plan = expand({"sweep": {"methods": "uniform", "seeds": [3, 7], "steps": [5, 10]}})
     assert sorted((r.config.seed, r.config.steps) for r in plan.runs) == [
