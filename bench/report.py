@@ -60,11 +60,12 @@ METRICS = {  # metric column -> (title, higher is better)
 
 def find_leaderboards(paths: list[str | Path]) -> list[Path]:
     """Run leaderboards named by ``paths``: a CSV file as given, a folder's ``*_leaderboard.csv``
-    (``solvers_leaderboard.csv`` excluded: its schema is the solver benchmark's)."""
+    files, its subfolders' included (``solvers_leaderboard.csv`` excluded: its schema is the
+    solver benchmark's)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.glob("*_leaderboard.csv")
+            files = sorted(f for f in p.rglob("*_leaderboard.csv")
                            if f.name != "solvers_leaderboard.csv")
             if not files:
                 raise ResultsError(f"no leaderboard in {p} (expected files named "

@@ -126,7 +126,8 @@ def _solver_columns(df: pd.DataFrame):
 @click.command()
 @click.option("--results", "results_paths", multiple=True, type=click.Path(), default=["results"],
               show_default=True,
-              help="A leaderboard CSV or a folder of <mode>_leaderboard.csv files (repeatable).")
+              help="A leaderboard CSV, or a folder: its <mode>_leaderboard.csv files, subfolders "
+                   "included (repeatable).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder of the run folders (curves and allocation histograms for the plots).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/report",

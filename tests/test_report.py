@@ -219,6 +219,15 @@ def test_report_with_run_folders_writes_plots(tmp_path, leaderboard):
     assert cost.loc["better", "tokens_reached"] == 6
 
 
+def test_folders_are_searched_with_their_subfolders(tmp_path, leaderboard):
+    sub = tmp_path / "results" / "sweep-a" / "simulate_leaderboard.csv"
+    append_rows(sub, [_row("uniform", 7, 0.5)])
+    (tmp_path / "results" / "solvers_leaderboard.csv").write_text("prompts,median_ms\n64,1\n")
+    files = R.find_leaderboards([tmp_path / "results"])
+    assert files == [leaderboard, sub]
+    assert len(R.load_rows(files)) == 3 * len(SEEDS) + 1
+
+
 def test_report_without_run_folders_still_ranks(tmp_path, leaderboard):
     r = _report(tmp_path, "--methods", "uniform,better")
     assert r.exit_code == 0, r.output
