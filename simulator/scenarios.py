@@ -255,7 +255,9 @@ _register(Scenario(
                 "strength 0.15: a prompt helps prompts of its own domain about 2.6x as much as "
                 "the others (δ² = 0.0225 against the shared transfer ρ²·2/π = 0.014, an "
                 "assumption). d = 2,048 so that CROPI's sparse random projection has something to "
-                "compress (its official run keeps 1% of 1.5B coordinates and projects to 32,768).",
+                "compress (its official run keeps 1% of 1.5B coordinates and projects to 32,768). "
+                "Target accuracy 0.62: uniform GRPO (256 prompts x 8) reaches it after about 165 "
+                "steps (seeds 0-2), from 0.55 at the start.",
     num_prompts=11_000,
     dim=2_048,
     domains=(("gsm8k", 0.136, 0.45, ((1.0, 1.6, 0.6),)),
