@@ -27,8 +27,8 @@ from bench.sweep import (BACKENDS, GridError, RayMissing, load_grid, pending, re
               help="Ray cluster to join (auto, host:6379 or ray://host:10001) [default: start "
                    "a local Ray instance].")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes (process backend) or CPUs of the local Ray instance [default: "
-                   "number of CPUs, at most the number of runs].")
+              help="Processes of the process backend [default: number of CPUs, at most the "
+                   "number of runs], or CPUs of a local Ray instance [default: 2].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
               show_default=True, help="Folder of the leaderboard CSV (simulate_leaderboard.csv).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
@@ -91,9 +91,10 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
         return
 
     n_workers = min(workers or os.cpu_count() or 1, len(todo))
+    ray_cpus = workers or 2  # a local Ray instance stays small unless asked for more
     recorder = Recorder(Path(out_dir), Path(runs_dir))
     t0 = time.perf_counter()
-    where = (f"Ray cluster {address}" if address else f"local Ray, {n_workers} CPUs") \
+    where = (f"Ray cluster {address}" if address else f"local Ray, {ray_cpus} CPUs") \
         if backend == "ray" else f"{n_workers} worker(s)"
     total_steps = sum(r.config.steps for r in todo)
     with Progress(TextColumn("[bold]sweep[/] {task.description}"), BarColumn(),
@@ -106,7 +107,7 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
             count[0] += 1
             bar.update(task, description=f"{count[0]}/{len(todo)} runs on {where}")
 
-        rows = run_sweep(todo, recorder, backend, n_workers, address, n_workers, on_row,
+        rows = run_sweep(todo, recorder, backend, n_workers, address, ray_cpus, on_row,
                          lambda k: bar.advance(task, k))
     console.print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
                   f"{leaderboard_path(out_dir, 'simulate')}; rank them with "
