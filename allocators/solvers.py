@@ -56,8 +56,8 @@ works in log space: lg_i(k) = ln g_i(k), n_i(L) = #{k : lg_i(k) ≥ L}, C(L) = �
 3. Exact counts at that L: the model's count moved while the true increments next to it say
    so (cheap bounds on ln(1 + ρ^{N−1}) decide most prompts without a transcendental), listing
    the prompts that have an increment within ±δ of L (δ: the model's uncertainty).
-4. Exact bracket C(L_lo) ≥ W ≥ C(L_hi): counts at L ± step over the listed prompts only (all
-   prompts if the bracket must leave the ±δ window).
+4. Exact bracket C(L_lo) ≥ W ≥ C(L_hi): counts at the window's far edge L ± δ over the listed
+   prompts only (beyond it, rarely, over all prompts with doubling steps).
 5. Tie-aware fill: every prompt gets n_i(L_hi); the r = W − C(L_hi) missing units are the r
    largest candidate increments between the two ends, found with one ``np.partition``, ties to
    the smaller prompt index (the heap greedy's order).
@@ -472,40 +472,91 @@ def _list_pass(L, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, n
 
 
 @njit(cache=True)
-def _threshold(zero_k0, cap, gicpt, inv, g1, m, target, L, a_L, b_L, tol, slope0):
+def _level(up, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, nidx, n):
+    """The next log-increment a threshold moving away from the current counts ``n`` meets:
+    upwards the smallest increment taken, downwards the largest one left."""
+    best = np.inf if up else -np.inf
+    for j in range(nidx):
+        i = idx[j]
+        if icpt[i] == -np.inf:
+            continue
+        if up and n[i] >= 1:
+            v = _lg(two, zero_k0, base, icpt[i], s[i], lrho[i], g1[i], n[i])
+            if v < best:
+                best = v
+        elif not up and n[i] < cap:
+            v = _lg(two, zero_k0, base, icpt[i], s[i], lrho[i], g1[i], n[i] + 1)
+            if v > best:
+                best = v
+    return best
+
+
+@njit(cache=True)
+def _next_break(b_L, zero_k0, cap, gicpt, s, inv, g1, m):
+    """The largest L < b_L at which the model count changes (the next jump going down); with
+    many tied prompts the count jumps there by a whole block."""
+    lam = math.exp(b_L)
+    lowest = 1 if zero_k0 else 0
+    best = -np.inf
+    for i in range(m):
+        if gicpt[i] == -np.inf:
+            continue
+        if zero_k0 and g1[i] < lam:
+            if best == -np.inf or g1[i] > math.exp(best):
+                best = math.log(g1[i])
+            continue
+        x = (gicpt[i] - b_L) * inv[i]
+        n = cap if x >= cap else (int(x) if x >= lowest else lowest)
+        if n < cap:
+            cand = gicpt[i] - (n + 1) * s[i]
+            if cand > best:
+                best = cand
+    return best
+
+
+@njit(cache=True)
+def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slope0):
     """Model threshold: a Newton step from L (slope ``slope0`` if > 0, else the local one), then
     secant steps through the last two points, bisection of the bracket [a_L, b_L] (count ≥ target
-    at a_L, < target at b_L) whenever a step leaves it or stalls. Returns L and the count's slope
-    −dC/dL there (the last secant's where known)."""
+    at a_L, < target at b_L) whenever a step leaves it; a bracket that stalls is tried just below
+    the count's next jump under b_L (tied prompts jump together), and if the count there reaches
+    the target, the search ends there. Returns L and the count's slope −dC/dL: the last
+    secant's where known, and the local one (which ignores the jumps of ties and of Q1's first
+    increments)."""
     prev_L = np.nan
     prev_f = np.nan
     slope = slope0
+    local = 0.0
     shrink = b_L - a_L
+    jumped = False
     for it in range(200):
         c, local = _model_count(L, zero_k0, cap, gicpt, inv, g1, m)
         f = float(c - target)
-        if abs(f) <= tol:
-            break
+        if abs(f) <= tol or (jumped and f > 0):
+            break                 # close enough, or the count jumps over the target at L
         if f > 0:
             a_L = L
         else:
             b_L = L
-        if b_L - a_L <= 1e-13 * (1.0 + abs(a_L)):
+        if b_L - a_L <= 1e-9 * (1.0 + abs(a_L)):
             break
         if not np.isnan(prev_f) and prev_f != f:
             slope = (prev_f - f) / (L - prev_L)
         elif slope <= 0.0:
             slope = local
         nxt = L + f / slope if slope > 0.0 else np.nan
-        if it % 4 == 3:           # bisect if the bracket has not halved in the last 4 steps
+        jumped = False
+        if it % 4 == 3:           # the bracket has not halved in the last 4 steps: a jump?
             if b_L - a_L > 0.5 * shrink:
-                nxt = np.nan
+                nxt = _next_break(b_L, zero_k0, cap, gicpt, s, inv, g1, m)
+                nxt -= 1e-12 * (1.0 + abs(nxt))
+                jumped = a_L < nxt < b_L
             shrink = b_L - a_L
         if not (a_L < nxt < b_L):
             nxt = 0.5 * (a_L + b_L)
         prev_L, prev_f = L, f
         L = nxt
-    return L, max(slope, 1e-12)
+    return L, max(slope, 1e-12), max(local, 1e-12)
 
 
 @njit(cache=True)
@@ -616,12 +667,14 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             sw[3, j] = lrho[i]
             sw[4, j] = g1[i]
             sw[5, j] = inv[i]
-        L0, slope = _threshold(zero_k0, cap, sw[1], sw[5], sw[4], sub, budget / scale, L0, a_L,
-                               b_L, max(1.0, 1e-3 * budget / scale), 0.0)
+        L0, slope, _ = _threshold(zero_k0, cap, sw[1], sw[2], sw[5], sw[4], sub,
+                                  budget / scale, L0, a_L, b_L, max(1.0, 1e-3 * budget / scale),
+                                  0.0)
         slope *= scale
     else:
         slope = 0.0
-    L, slope = _threshold(zero_k0, cap, gicpt, inv, g1, m, target, L0, a_L, b_L, tol, slope)
+    L, slope, local = _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L0, a_L, b_L, tol,
+                                 slope)
     if two and m >= 65536:
         # Knapsack's model count is off by a few percent; the sample's exact counts at L
         # estimate by how much (3 standard errors give the window below); aim again, twice
@@ -644,65 +697,69 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             if abs(diff * scale - bias) <= tol:
                 break
             bias = diff * scale
-            L, slope = _threshold(zero_k0, cap, gicpt, inv, g1, m, target - bias, L, a_L, b_L,
-                                  tol, slope)
+            L, slope, local = _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target - bias, L,
+                                         a_L, b_L, tol, slope)
     # ---- 3. exact counts at L; the prompts near L ---------------------------------------------
-    delta = (spread + 4.0 * tol + 8.0) / slope
+    delta = (spread + 4.0 * tol + 8.0) / local
     tot, nl, rest = _near_pass(L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
                                m, n_lo, idx)
     if tot == budget:
         for i in range(m):
             extra[i] = n_lo[i]
         return extra
-    # ---- 4. exact bracket C(L_lo) ≥ budget ≥ C(L_hi), over the near prompts while inside the
-    #         window, over all prompts beyond it -------------------------------------------
-    step = 1.1 * abs(tot - budget) / slope + 1e-12
+    # ---- 4. exact bracket C(L_lo) ≥ budget ≥ C(L_hi): the window's far edge, over the near
+    #         prompts; beyond it (rare), over all prompts with doubling steps -------------------
     window = True
-    c_lo = c_hi = tot
-    if tot > budget:             # L is a lower end; search upwards for the upper one
-        L_lo = L
-        while True:
-            L2 = L_lo + step
-            if window and L2 >= L + delta:
-                if L_lo < L + delta:
-                    L2 = L + delta
-                else:            # leave the window: every prompt from now on
-                    window = False
-                    for i in range(m):
-                        idx[i] = i
-                    nl, rest = m, 0
-            t2 = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
-                                   idx, nl, n_lo, 1, n_hi)
-            if t2 <= budget:
-                c_hi = t2
-                break
-            L_lo, c_lo = L2, t2
+    if tot > budget:             # L is a lower end
+        c_lo = tot
+        L2 = L + delta
+        c_hi = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx,
+                                 nl, n_lo, 1, n_hi)
+        if c_hi > budget:
+            window = False
             for j in range(nl):
                 n_lo[idx[j]] = n_hi[idx[j]]
-            step *= 2.0
-    else:                        # L is an upper end; search downwards for the lower one
+            for i in range(m):
+                idx[i] = i
+            nl = m
+            L_lo, c_lo = L2, c_hi
+            step = max(delta, 1.1 * (c_hi - budget) / slope)
+            while True:   # at least past the next increment taken (ties can be wide)
+                lv = _level(True, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_lo)
+                L2 = max(L_lo + step, np.nextafter(lv, np.inf))
+                c_hi = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
+                                  idx, m, n_lo, 1, n_hi)
+                if c_hi <= budget:
+                    break
+                L_lo, c_lo = L2, c_hi
+                n_lo[:] = n_hi
+                step *= 2.0
+    else:                        # L is an upper end
+        c_hi = tot
         for i in range(m):
             n_hi[i] = n_lo[i]
-        L_hi = L
-        while True:
-            L2 = L_hi - step
-            if window and L2 <= L - delta:
-                if L_hi > L - delta:
-                    L2 = L - delta
-                else:
-                    window = False
-                    for i in range(m):
-                        idx[i] = i
-                    nl, rest = m, 0
-            t2 = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
-                                   idx, nl, n_hi, 2, n_lo)
-            if t2 >= budget:
-                c_lo = t2
-                break
-            L_hi, c_hi = L2, t2
+        L2 = L - delta
+        c_lo = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx,
+                                 nl, n_hi, 2, n_lo)
+        if c_lo < budget:
+            window = False
             for j in range(nl):
                 n_hi[idx[j]] = n_lo[idx[j]]
-            step *= 2.0
+            for i in range(m):
+                idx[i] = i
+            nl = m
+            L_hi, c_hi = L2, c_lo
+            step = max(delta, 1.1 * (budget - c_lo) / slope)
+            while True:   # at least down to the next increment left
+                lv = _level(False, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_hi)
+                L2 = min(L_hi - step, lv)
+                c_lo = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
+                                  idx, m, n_hi, 2, n_lo)
+                if c_lo >= budget:
+                    break
+                L_hi, c_hi = L2, c_lo
+                n_hi[:] = n_lo
+                step *= 2.0
     # ---- 5. tie-aware fill: the r largest candidate increments between the two ends ----------
     if window:                   # the unlisted prompts have the same count at both ends
         for i in range(m):
