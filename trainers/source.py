@@ -1,0 +1,67 @@
+"""The trainer's ``RolloutSource``: generation with the policy plus the task's verifier.
+
+``sample(prompt_ids, counts)`` generates ``counts[i]`` responses for training prompt
+``prompt_ids[i]`` in one backend call, scores them (binary reward), and returns ``Samples`` with
+per-sample ``extra = (prompt_id, response token ids)`` that the policy update trains on. Every
+call of a step gets its own seed derived from (run seed, step, call number), so a step's samples
+depend only on the weights, the allocation and the seed: a resumed run reproduces them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from allocators.base import Samples
+from trainers.backends import GenParams
+from trainers.tasks import Task
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, through the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+class ModelSource:
+    def __init__(self, backend, tokenizer, task: Task, params: GenParams, seed: int):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.task = task
+        self.params = params
+        self.seed = int(seed)
+        self.prompt_tokens = encode_prompts(tokenizer, task.train_prompts)
+        self.test_tokens = encode_prompts(tokenizer, task.test_prompts)
+        self._step = 0
+        self._call = 0
+
+    def begin_step(self, step: int) -> None:
+        self._step = int(step)
+        self._call = 0
+
+    def _seed(self) -> int:
+        s = np.random.SeedSequence([self.seed, 7, self._step, self._call]).generate_state(2)
+        self._call += 1
+        return int(s[0]) << 32 | int(s[1])
+
+    def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
+        prompt_ids = np.asarray(prompt_ids, np.int64)
+        counts = np.asarray(counts, np.int64)
+        responses = self.backend.generate([self.prompt_tokens[i] for i in prompt_ids], counts,
+                                          self.params, self._seed())
+        ids = np.repeat(prompt_ids, counts)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        rewards = self.task.verify(texts, [self.task.train_answers[i] for i in ids])
+        lengths = np.array([len(r) for r in responses], np.int64)
+        extra = [(int(i), r) for i, r in zip(ids, responses)]
+        return Samples(ids, rewards, lengths, extra=extra)
+
+    def test_accuracy(self) -> tuple[float, int]:
+        """Greedy accuracy on the held-out test prompts, and the tokens it generated."""
+        greedy = GenParams(self.params.max_new_tokens, self.params.temperature, 1.0, greedy=True)
+        responses = self.backend.generate(self.test_tokens, [1] * len(self.test_tokens), greedy, 0)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        rewards = self.task.verify(texts, self.task.test_answers)
+        return float(rewards.mean()) if rewards.size else float("nan"), sum(map(len, responses))
