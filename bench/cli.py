@@ -9,6 +9,7 @@ from bench.errors import BenchGroup
 from bench.report_cmd import report
 from bench.simulate_cmd import simulate
 from bench.sweep_cmd import sweep
+from bench.train_cmd import train
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,6 +19,7 @@ def main() -> None:
 
     \b
     simulate  score allocators on the Numba learning simulator (seconds per run)
+    train     GRPO on a real language model with the same allocators (CPU or GPU)
     Results go to CSV leaderboards in results/; per-run details to runs/<run-id>/.
     """
 
@@ -25,3 +27,4 @@ def main() -> None:
 main.add_command(simulate)
 main.add_command(report)
 main.add_command(sweep)
+main.add_command(train)
