@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 from allocators.base import Allocator, AllocatorConfig
 from allocators.cgrpo import Cgrpo
+from allocators.coba import Coba
 from allocators.cropi import Cropi
 from allocators.dapo import Dapo
 from allocators.greso import Greso
+from allocators.knapsack import Knapsack
 from allocators.reinforce_ada_est import ReinforceAdaEst
 from allocators.reinforce_ada_seq import ReinforceAdaSeq, ReinforceAdaSeqPos
 from allocators.uniform import Uniform
@@ -38,6 +40,8 @@ METHODS: dict[str, type[Allocator]] = {
         VarianceOptimal,
         Cgrpo,
         Cropi,
+        Knapsack,
+        Coba,
     )
 }
 
