@@ -8,6 +8,7 @@ import click
 from bench.errors import BenchGroup
 from bench.report_cmd import report
 from bench.simulate_cmd import simulate
+from bench.solvers_cmd import solvers
 from bench.sweep_cmd import sweep
 from bench.train_cmd import train
 
@@ -20,6 +21,7 @@ def main() -> None:
     \b
     simulate  score allocators on the Numba learning simulator (seconds per run)
     train     GRPO on a real language model with the same allocators (CPU or GPU)
+    solvers   time the allocation solvers of Knapsack RL and CoBA-RL (DP, heap greedy, fast)
     Results go to CSV leaderboards in results/; per-run details to runs/<run-id>/.
     """
 
@@ -28,3 +30,4 @@ main.add_command(simulate)
 main.add_command(report)
 main.add_command(sweep)
 main.add_command(train)
+main.add_command(solvers)
