@@ -84,25 +84,31 @@ def allocation_histogram(summary: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
-def solver_scaling(table: pd.DataFrame, x: str, y: str, series: list[str], title: str,
-                   path: Path, x_label: str, y_label: str) -> Path:
-    """Solver time against problem size, one line per series (method/solver), log-log axes."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    keys = table[series].astype(str).agg(" ".join, axis=1) if series else pd.Series(
-        ["all"] * len(table), index=table.index)
-    names = list(dict.fromkeys(keys))
-    colors = _colors(names)
-    for name in names:
-        t = table[keys == name].groupby(x, sort=True)[y].median()
-        ax.plot(t.index.to_numpy(float), t.to_numpy(float), "o-", color=colors[name], label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+def solver_scaling(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """Median seconds per solve against prompts, log-log: one panel per value function, one
+    line per solver (``bench solvers``' columns: value_function, solver, prompts,
+    median_seconds)."""
+    funcs = list(dict.fromkeys(table["value_function"]))
+    solvers = list(dict.fromkeys(table["solver"]))
+    colors = _colors(solvers)
+    fig, axes = plt.subplots(1, len(funcs), figsize=(5.5 * len(funcs), 4.8), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, func in zip(axes[0], funcs):
+        part = table[table["value_function"] == func]
+        for solver in solvers:
+            t = part[part["solver"] == solver].sort_values("prompts")
+            if t.empty:
+                continue
+            ax.plot(t["prompts"].to_numpy(float), t["median_seconds"].to_numpy(float), "o-",
+                    color=colors[solver], label=solver)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("prompts")
+        ax.set_title(f"{func} value", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("median seconds per solve")
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

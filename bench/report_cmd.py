@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bench import report as R
 from bench.errors import usage_error
-from bench.results import ResultsError, check_writable
+from bench.results import ResultsError, check_writable, read_leaderboard
 
 MODES = ("simulate", "train")
 EVAL_COLUMNS = ["step", "rollouts", "tokens", "test_accuracy"]
@@ -72,59 +72,35 @@ def group_title(key) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
-    """Draw the solver scaling chart; returns (png or None, a note for the report)."""
+    """Draw the solver scaling chart from `bench solvers`' CSV (its columns: ``SOLVER_COLUMNS``
+    of ``bench/solvers_cmd.py``); returns (png or None, a note for the report). The CSV is an
+    extra: when it is absent or unusable the chart is skipped with a note, the report goes on."""
     from bench import plots
+    from bench.solvers_cmd import SOLVER_COLUMNS
 
     if not path.exists():
         return None, f"solver scaling chart skipped: {path} does not exist (run `bench solvers`)"
     try:
-        df = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        return None, f"solver scaling chart skipped: cannot read {path}: {exc}"
-    spec = _solver_columns(df)
-    if spec is None:
-        return None, (f"solver scaling chart skipped: {path} has none of the expected size and "
-                      f"time columns (columns: {', '.join(df.columns)})")
-    x, y, series, y_label, per_prompt = spec
-    df = df.assign(**{x: pd.to_numeric(df[x], errors="coerce"),
-                      y: pd.to_numeric(df[y], errors="coerce")}).dropna(subset=[x, y])
-    df = df[(df[x] > 0) & (df[y] > 0)]
-    title = "Allocator solver time against problem size"
-    if per_prompt is not None:
-        vals = pd.to_numeric(df[per_prompt], errors="coerce")
-        if vals.nunique() > 1:  # one budget per prompt: the official 8 if measured
-            keep = 8 if (vals == 8).any() else float(vals.median(skipna=True))
-            keep = keep if (vals == keep).any() else vals.dropna().iloc[0]
-            df = df[vals == keep]
-            title += f" ({per_prompt.replace('_', ' ')} = {keep:g})"
+        df = read_leaderboard(path, SOLVER_COLUMNS)
+    except ResultsError as exc:
+        return None, f"solver scaling chart skipped: {exc}"
+    df = df.assign(median_seconds=pd.to_numeric(df["median_seconds"], errors="coerce"),
+                   prompts=pd.to_numeric(df["prompts"], errors="coerce"),
+                   per_prompt=pd.to_numeric(df["per_prompt"], errors="coerce"))
+    df = df[df["median_seconds"].notna() & (df["median_seconds"] > 0) & (df["prompts"] > 0)]
     if df.empty:
-        return None, f"solver scaling chart skipped: {path} has no positive size/time rows"
-    png = plots.solver_scaling(df, x, y, series, title, out_dir / "solver_scaling.png",
-                               x_label=x.replace("_", " "), y_label=y_label)
-    return png, f"solver scaling from {path} ({len(df)} rows)"
-
-
-SOLVER_SIZE = ("prompts", "num_prompts", "n_prompts", "batch_prompts", "m", "size")
-SOLVER_TIME = (("median_ms", "median time per solve (ms)"), ("ms", "time per solve (ms)"),
-               ("median_us", "median time per solve (µs)"), ("us", "time per solve (µs)"),
-               ("median_seconds", "median seconds per solve"), ("median_s", "median seconds per "
-                                                                            "solve"),
-               ("mean_ms", "mean time per solve (ms)"), ("mean_seconds", "mean seconds per solve"),
-               ("seconds", "seconds per solve"), ("solver_seconds", "seconds per solve"))
-SOLVER_SERIES = ("method", "solver", "impl", "implementation", "variant", "family", "kind",
-                 "value_function", "value_fn", "problem", "objective_kind")
-SOLVER_PER_PROMPT = ("budget_per_prompt", "per_prompt", "rollouts_per_prompt", "n_per_prompt")
-
-
-def _solver_columns(df: pd.DataFrame):
-    cols = {c.lower(): c for c in df.columns}
-    x = next((cols[c] for c in SOLVER_SIZE if c in cols), None)
-    y = next(((cols[c], label) for c, label in SOLVER_TIME if c in cols), None)
-    if x is None or y is None:
-        return None
-    series = [cols[c] for c in SOLVER_SERIES if c in cols]
-    per_prompt = next((cols[c] for c in SOLVER_PER_PROMPT if c in cols), None)
-    return x, y[0], series, y[1], per_prompt
+        return None, f"solver scaling chart skipped: {path} has no timed rows"
+    # one slice: the official 8 rollouts per prompt (B = 2,048 at 256 prompts) if measured, and
+    # uniformly drawn rates if measured; the latest measurement of each point
+    per = 8 if (df["per_prompt"] == 8).any() else int(df["per_prompt"].mode().iloc[0])
+    df = df[df["per_prompt"] == per]
+    rates = "uniform" if (df["rates"] == "uniform").any() else str(df["rates"].iloc[0])
+    df = df[df["rates"] == rates]
+    df = df.drop_duplicates(["value_function", "solver", "prompts", "cap"], keep="last")
+    png = plots.solver_scaling(df, f"Allocation solvers: median time per solve, {per} rollouts "
+                                   f"per prompt, {rates} rates", out_dir / "solver_scaling.png")
+    return png, (f"solver scaling from {path}: {len(df)} timings at {per} rollouts per prompt, "
+                 f"{rates} rates (all sizes and the speed-ups are in the CSV)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -239,15 +239,41 @@ def test_report_without_run_folders_still_ranks(tmp_path, leaderboard):
 
 
 def test_solver_chart_from_solvers_csv(tmp_path, leaderboard):
-    solvers = tmp_path / "solvers.csv"
-    pd.DataFrame({"method": ["knapsack"] * 3 + ["coba"] * 3, "prompts": [64, 256, 1024] * 2,
-                  "median_ms": [0.5, 2.0, 9.0, 0.1, 0.3, 1.1]}).to_csv(solvers, index=False)
-    r = CliRunner().invoke(main, ["report", "--results", str(leaderboard), "--out",
-                                  str(tmp_path / "report"), "--runs-dir", str(tmp_path / "runs"),
-                                  "--solvers", str(solvers), "--resamples", "200"])
+    from bench.solvers_cmd import SOLVER_COLUMNS
+
+    solvers = tmp_path / "solvers_leaderboard.csv"
+    rows = []
+    for func in ("knapsack", "coba"):
+        for solver, scale in (("fast", 1e-6), ("greedy", 4e-6), ("dp", 1e-3)):
+            for m in (64, 256, 1024):
+                for per in (4, 8):
+                    skipped = solver == "dp" and m == 1024
+                    rows.append({c: "" for c in SOLVER_COLUMNS} | {
+                        "value_function": func, "rates": "uniform", "prompts": m,
+                        "budget": m * per, "per_prompt": per, "cap": 128, "solver": solver,
+                        "median_seconds": "" if skipped else scale * m,
+                        "skipped": str(skipped).lower(), "seed": 0})
+    append_rows(solvers, rows, SOLVER_COLUMNS)
+
+    def run(path):
+        return CliRunner().invoke(main, [
+            "report", "--results", str(leaderboard), "--out", str(tmp_path / "report"),
+            "--runs-dir", str(tmp_path / "runs"), "--solvers", str(path), "--resamples", "200"])
+
+    r = run(solvers)
     assert r.exit_code == 0, r.output
     assert _png_ok(tmp_path / "report" / "solver_scaling.png")
-    assert "](solver_scaling.png)" in (tmp_path / "report" / "report.md").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    # 2 value functions x (3 + 3 + 2 timed dp) sizes at 8 rollouts per prompt
+    assert "](solver_scaling.png)" in md and "16 timings at 8 rollouts per prompt" in md
+    # a solver CSV of another schema does not stop the report: the chart is skipped with a note
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompts,seconds\n64,1\n")
+    (tmp_path / "report" / "solver_scaling.png").unlink()
+    r = run(bad)
+    assert r.exit_code == 0, r.output
+    assert "solver scaling chart skipped" in (tmp_path / "report" / "report.md").read_text()
+    assert not (tmp_path / "report" / "solver_scaling.png").exists()
 
 
 def _one_error_line(r, words):
