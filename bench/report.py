@@ -133,10 +133,12 @@ def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
     """Add the ``arm`` column: method spec, plus the settings that vary inside the group.
 
     Frozen-policy runs (``bench simulate --frozen``: learning rate 0) are recognised by a final
-    test accuracy exactly equal to the initial one and never pooled with learning runs: where
-    both kinds share a group, the frozen arms are labelled ``frozen``."""
+    test accuracy exactly equal to the initial one (the simulator's accuracy is exact, so a
+    learning run never ties) and never pooled with learning runs: where both kinds share a group,
+    the frozen arms are labelled ``frozen``."""
     rows = rows.copy()
-    rows["frozen"] = rows["final_test_accuracy"] == rows["initial_test_accuracy"]
+    rows["frozen"] = ((rows["mode"] == "simulate")  # the trainer's accuracies are k/n: ties
+                      & (rows["final_test_accuracy"] == rows["initial_test_accuracy"]))
     rows["arm"] = rows["method"].astype(str)
     for _, idx in rows.groupby(GROUP, sort=False).groups.items():
         part = rows.loc[idx]
@@ -362,26 +364,41 @@ def baseline_arm(group: pd.DataFrame, budget: int, baseline: str) -> str:
 
 def versus_baseline(rows: pd.DataFrame, metric: str, baseline: str = "uniform",
                     resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, every_budget: bool = False) -> pd.DataFrame:
     """Per (group, arm): the arm's ``metric`` minus its baseline arm's, paired by seed over the
     seeds both ran (the same seed gives both the same prompts), with a paired bootstrap interval;
-    and the unpaired probability of improvement over the baseline."""
+    the unpaired probability of improvement over the baseline; and the baseline's mean rollouts
+    to target over the arm's (``compute_ratio``). The baseline arm is ``baseline_arm``'s; with
+    ``every_budget`` one row per baseline arm of every budget instead (the half-budget question:
+    method at B against the baseline at 2B)."""
     out = []
     for key, g in rows.groupby(GROUP, sort=False):
+        base_arms = list(dict.fromkeys(g.loc[g["method"] == baseline, "arm"]))
         for arm, part in g.groupby("arm", sort=False):
-            base = baseline_arm(g, int(part["budget"].iloc[0]), baseline)
-            rec = {**dict(zip(GROUP, key)), "arm": arm, "baseline": base, "paired_seeds": 0,
-                   "diff": np.nan, "diff_low": np.nan, "diff_high": np.nan,
-                   "poi": np.nan, "poi_low": np.nan, "poi_high": np.nan}
-            if base and base != arm:
-                b = g[g["arm"] == base]
-                m = part.merge(b, on="seed", suffixes=("", "_base"))
-                d = paired_difference(m[metric], m[f"{metric}_base"], resamples, confidence, seed)
-                p = probability_of_improvement(part[metric], b[metric], resamples, confidence,
-                                               seed)
-                rec.update(paired_seeds=len(m), diff=d.point, diff_low=d.low, diff_high=d.high,
-                           poi=p.point, poi_low=p.low, poi_high=p.high)
-            out.append(rec)
+            bases = (base_arms if every_budget else
+                     [baseline_arm(g, int(part["budget"].iloc[0]), baseline)])
+            for base in bases:
+                if every_budget and base == arm:
+                    continue
+                rec = {**dict(zip(GROUP, key)), "arm": arm, "baseline": base,
+                       "paired_seeds": 0, "diff": np.nan, "diff_low": np.nan,
+                       "diff_high": np.nan, "poi": np.nan, "poi_low": np.nan,
+                       "poi_high": np.nan, "compute_ratio": np.nan, "compute_ratio_low": np.nan,
+                       "compute_ratio_high": np.nan}
+                if base and base != arm:
+                    b = g[g["arm"] == base]
+                    m = part.merge(b, on="seed", suffixes=("", "_base"))
+                    d = paired_difference(m[metric], m[f"{metric}_base"], resamples, confidence,
+                                          seed)
+                    p = probability_of_improvement(part[metric], b[metric], resamples,
+                                                   confidence, seed)
+                    r = ratio_of_means(b["rollouts_to_target"], part["rollouts_to_target"],
+                                       resamples, confidence, seed)
+                    rec.update(paired_seeds=len(m), diff=d.point, diff_low=d.low,
+                               diff_high=d.high, poi=p.point, poi_low=p.low, poi_high=p.high,
+                               compute_ratio=r.point, compute_ratio_low=r.low,
+                               compute_ratio_high=r.high)
+                out.append(rec)
     return pd.DataFrame(out)
 
 

@@ -51,6 +51,8 @@ def fmt_count(x: float, unit: str = "k") -> str:
     if x is None or not np.isfinite(x):
         return "-"
     div = {"k": 1e3, "M": 1e6}[unit]
+    if abs(x) < div:
+        return f"{x:,.0f}"
     return f"{x / div:,.0f}{unit}" if x / div >= 100 else f"{x / div:,.1f}{unit}"
 
 
@@ -179,6 +181,7 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
     ranks = {m: R.rank(rows, m, **kw) for m in R.METRICS}
     poi = R.improvement_matrix(rows, "final_test_accuracy", **kw)
     vs = {m: R.versus_baseline(rows, m, baseline, **kw) for m in R.METRICS}
+    cross = R.versus_baseline(rows, "final_test_accuracy", baseline, every_budget=True, **kw)
     curves, missing_curves = R.load_run_tables(rows, runs_dir, "evals", EVAL_COLUMNS)
     alloc, missing_alloc = R.load_run_tables(rows, runs_dir, "allocation", ALLOC_COLUMNS)
     costs = R.cost(rows, baseline, curves, **kw)
@@ -213,8 +216,9 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
     costs.to_csv(out / "cost.csv", index=False)
     pd.concat([v.assign(metric=m) for m, v in vs.items()]).to_csv(out / "versus_baseline.csv",
                                                                   index=False)
-    md = _markdown(rows, files, ranks, poi, vs, costs, across, plots_written, notes, baseline,
-                   confidence, resamples, out)
+    cross.to_csv(out / "versus_baseline_every_budget.csv", index=False)
+    md = _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, notes,
+                   baseline, confidence, resamples, out)
     (out / "report.md").write_text(md)
     console.print(f"report: {out / 'report.md'} ({len(rows)} runs, "
                   f"{rows['arm'].nunique()} arms, {time.perf_counter() - t0:.1f} s)")
@@ -331,7 +335,7 @@ def _md_table(header: list[str], body: list[list[str]], left: int = 1) -> str:
     return "\n".join(lines)
 
 
-def _markdown(rows, files, ranks, poi, vs, costs, across, plots_written, notes, baseline,
+def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, notes, baseline,
               confidence, resamples, out: Path) -> str:
     cl = f"{confidence:.0%}"
     md = ["# rollout-bench report", ""]
@@ -399,6 +403,24 @@ def _markdown(rows, files, ranks, poi, vs, costs, across, plots_written, notes, 
         md += [_md_table(["arm", f"rollouts to target [{cl} CI]", f"tokens to target [{cl} CI]",
                           "× less compute vs baseline", "rollouts", "tokens",
                           "effective-gradient ratio", "solver ms/step"], body), ""]
+        cg = cross[(cross["mode"] == key[0]) & (cross["scenario"] == key[1])
+                   & (cross["model"] == key[2])]
+        if cg["baseline"].nunique() > 1:
+            md += [f"### Against `{baseline}` at every budget (final test accuracy)", "",
+                   "Each arm against each baseline arm, whatever its budget (e.g. a method at "
+                   "half the baseline's budget): difference paired by seed, probability of "
+                   "improvement, and the baseline's rollouts to target over the arm's.", ""]
+            body = []
+            for r in cg.itertuples(index=False):
+                body.append([f"`{r.arm}`", f"`{r.baseline}`",
+                             fmt_ci(r.diff, r.diff_low, r.diff_high, 3, signed=True)
+                             + f" ({r.paired_seeds})",
+                             fmt_ci(r.poi, r.poi_low, r.poi_high, 2),
+                             fmt_ci(r.compute_ratio, r.compute_ratio_low, r.compute_ratio_high,
+                                    2)])
+            md += [_md_table(["arm", "baseline", f"Δ paired by seed [{cl} CI] (seeds)",
+                              f"P(> baseline) [{cl} CI]", f"× less compute [{cl} CI]"], body,
+                             left=2), ""]
         arms = list(g["arm"])
         if len(arms) > 1:
             md += ["### Probability of improvement (final test accuracy)", "",
@@ -429,5 +451,6 @@ def _markdown(rows, files, ranks, poi, vs, costs, across, plots_written, notes, 
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["Tables as CSV: `ranking_final_test_accuracy.csv`, `ranking_auc_test_accuracy.csv`, "
-           "`probability_of_improvement.csv`, `versus_baseline.csv`, `cost.csv`.", ""]
+           "`probability_of_improvement.csv`, `versus_baseline.csv`, `versus_baseline_every_budget.csv`, "
+           "`cost.csv`.", ""]
     return "\n".join(md)

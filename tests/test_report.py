@@ -170,6 +170,13 @@ def test_duplicates_count_once_and_arms_name_varying_settings(tmp_path):
     arms = set(R.label_arms(loaded)["arm"])
     assert arms == {"uniform (budget=2048)", "uniform (budget=4096)", "better (budget=2048)",
                     "worse (budget=2048)"}
+    # every arm against the baseline at every budget: better (2048) vs uniform (4096) is paired
+    cross = R.versus_baseline(R.label_arms(loaded), "final_test_accuracy", "uniform",
+                              every_budget=True).set_index(["arm", "baseline"])
+    row = cross.loc[("better (budget=2048)", "uniform (budget=4096)")]
+    assert row["diff"] == pytest.approx(0.04) and row["paired_seeds"] == 6
+    assert ("uniform (budget=2048)", "uniform (budget=2048)") not in cross.index
+    assert len(cross) == 2 * 2 + 2  # better, worse x 2 baselines; each uniform vs the other
     # a frozen-policy run (final accuracy = initial) is its own arm, never pooled
     frozen = _row("uniform", 9, 0.37)
     append_rows(path, [frozen])
