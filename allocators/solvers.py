@@ -57,7 +57,8 @@ works in log space: lg_i(k) = ln g_i(k), n_i(L) = #{k : lg_i(k) ≥ L}, C(L) = �
    so (cheap bounds on ln(1 + ρ^{N−1}) decide most prompts without a transcendental), listing
    the prompts that have an increment within ±δ of L (δ: the model's uncertainty).
 4. Exact bracket C(L_lo) ≥ W ≥ C(L_hi): counts at the window's far edge L ± δ over the listed
-   prompts only (beyond it, rarely, over all prompts with doubling steps).
+   prompts only (beyond it, rarely, over all prompts: secant steps on the exact count, or the
+   next level of increments where the count is flat).
 5. Tie-aware fill: every prompt gets n_i(L_hi); the r = W − C(L_hi) missing units are the r
    largest candidate increments between the two ends, found with one ``np.partition``, ties to
    the smaller prompt index (the heap greedy's order).
@@ -700,6 +701,8 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             L, slope, local = _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target - bias, L,
                                          a_L, b_L, tol, slope)
     # ---- 3. exact counts at L; the prompts near L ---------------------------------------------
+    if two and m < 65536:
+        spread = 0.01 * budget   # Knapsack's model bias, unestimated below the sampling size
     delta = (spread + 4.0 * tol + 8.0) / local
     tot, nl, rest = _near_pass(L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
                                m, n_lo, idx)
@@ -722,18 +725,21 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             for i in range(m):
                 idx[i] = i
             nl = m
+            prev_L, prev_c = L, tot
             L_lo, c_lo = L2, c_hi
-            step = max(delta, 1.1 * (c_hi - budget) / slope)
-            while True:   # at least past the next increment taken (ties can be wide)
-                lv = _level(True, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_lo)
-                L2 = max(L_lo + step, np.nextafter(lv, np.inf))
+            while True:   # secant steps on the exact count; past the next level if it is flat
+                if prev_c > c_lo:
+                    L2 = L_lo + 1.1 * (c_lo - budget) * (L_lo - prev_L) / (prev_c - c_lo)
+                else:
+                    lv = _level(True, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_lo)
+                    L2 = max(L_lo + delta, np.nextafter(lv, np.inf))
                 c_hi = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
                                   idx, m, n_lo, 1, n_hi)
                 if c_hi <= budget:
                     break
+                prev_L, prev_c = L_lo, c_lo
                 L_lo, c_lo = L2, c_hi
                 n_lo[:] = n_hi
-                step *= 2.0
     else:                        # L is an upper end
         c_hi = tot
         for i in range(m):
@@ -748,18 +754,21 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             for i in range(m):
                 idx[i] = i
             nl = m
+            prev_L, prev_c = L, tot
             L_hi, c_hi = L2, c_lo
-            step = max(delta, 1.1 * (budget - c_lo) / slope)
-            while True:   # at least down to the next increment left
-                lv = _level(False, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_hi)
-                L2 = min(L_hi - step, lv)
+            while True:   # secant steps on the exact count; down to the next level if flat
+                if prev_c < c_hi:
+                    L2 = L_hi - 1.1 * (budget - c_hi) * (prev_L - L_hi) / (c_hi - prev_c)
+                else:
+                    lv = _level(False, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_hi)
+                    L2 = min(L_hi - delta, lv)
                 c_lo = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
                                   idx, m, n_hi, 2, n_lo)
                 if c_lo >= budget:
                     break
+                prev_L, prev_c = L_hi, c_hi
                 L_hi, c_hi = L2, c_lo
                 n_hi[:] = n_lo
-                step *= 2.0
     # ---- 5. tie-aware fill: the r largest candidate increments between the two ends ----------
     if window:                   # the unlisted prompts have the same count at both ends
         for i in range(m):
