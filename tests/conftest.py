@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from allocators.base import PromptStream, Step
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import build_world, get_scenario
+
+
+# CI replays the same examples every run (reproducible); locally hypothesis explores afresh.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 class SimHarness:
