@@ -516,12 +516,36 @@ def _next_break(b_L, zero_k0, cap, gicpt, s, inv, g1, m):
 
 
 @njit(cache=True)
+def _next_up(L, zero_k0, cap, gicpt, s, inv, g1, m):
+    """The smallest L' > L at which the model count changes (the next jump going up)."""
+    lam = math.exp(L)
+    lowest = 1 if zero_k0 else 0
+    best = np.inf
+    best_g1 = np.inf
+    for i in range(m):
+        if gicpt[i] == -np.inf or (zero_k0 and g1[i] < lam):
+            continue
+        x = (gicpt[i] - L) * inv[i]
+        n = cap if x >= cap else (int(x) if x >= lowest else lowest)
+        if zero_k0 and n <= 1:
+            if g1[i] < best_g1:
+                best_g1 = g1[i]
+        elif n >= 1:
+            cand = gicpt[i] - n * s[i]
+            if cand < best:
+                best = cand
+    if best_g1 < np.inf:
+        best = min(best, math.log(best_g1))
+    return best
+
+
+@njit(cache=True)
 def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slope0):
     """Model threshold: a Newton step from L (slope ``slope0`` if > 0, else the local one), then
     secant steps through the last two points, bisection of the bracket [a_L, b_L] (count ≥ target
-    at a_L, < target at b_L) whenever a step leaves it; a bracket that stalls is tried just below
-    the count's next jump under b_L (tied prompts jump together), and if the count there reaches
-    the target, the search ends there. Returns L and the count's slope −dC/dL: the last
+    at a_L, < target at b_L) whenever a step leaves it or stalls. On a plateau of the count (tied
+    prompts move together) it steps to the count's next level; if that crosses the target, the
+    search ends there. Returns L and the count's slope −dC/dL: the last
     secant's where known, and the local one (which ignores the jumps of ties and of Q1's first
     increments)."""
     prev_L = np.nan
@@ -533,28 +557,39 @@ def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slo
     for it in range(200):
         c, local = _model_count(L, zero_k0, cap, gicpt, inv, g1, m)
         f = float(c - target)
-        if abs(f) <= tol or (jumped and f > 0):
-            break                 # close enough, or the count jumps over the target at L
+        if abs(f) <= tol:
+            break
+        if jumped and (f > 0) != (prev_f > 0):
+            break                 # the count jumps over the target at one level (ties)
         if f > 0:
             a_L = L
         else:
             b_L = L
         if b_L - a_L <= 1e-9 * (1.0 + abs(a_L)):
             break
-        if not np.isnan(prev_f) and prev_f != f:
+        flat = prev_f == f
+        if not np.isnan(prev_f) and not flat:
             slope = (prev_f - f) / (L - prev_L)
         elif slope <= 0.0:
             slope = local
-        nxt = L + f / slope if slope > 0.0 else np.nan
         jumped = False
-        if it % 4 == 3:           # the bracket has not halved in the last 4 steps: a jump?
-            if b_L - a_L > 0.5 * shrink:
-                nxt = _next_break(b_L, zero_k0, cap, gicpt, s, inv, g1, m)
+        if flat:                  # on a plateau: go to the count's next level
+            if f > 0:
+                nxt = _next_up(L, zero_k0, cap, gicpt, s, inv, g1, m)
+                nxt += 1e-12 * (1.0 + abs(nxt))
+            else:
+                nxt = _next_break(L, zero_k0, cap, gicpt, s, inv, g1, m)
                 nxt -= 1e-12 * (1.0 + abs(nxt))
-                jumped = a_L < nxt < b_L
+            jumped = True
+        else:
+            nxt = L + f / slope if slope > 0.0 else np.nan
+            if it % 4 == 3 and b_L - a_L > 0.5 * shrink:
+                nxt = np.nan      # the bracket has not halved in 4 steps: bisect
+        if it % 4 == 3:
             shrink = b_L - a_L
         if not (a_L < nxt < b_L):
             nxt = 0.5 * (a_L + b_L)
+            jumped = False
         prev_L, prev_f = L, f
         L = nxt
     return L, max(slope, 1e-12), max(local, 1e-12)
