@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from allocators.base import PromptStream, Samples, Step
@@ -224,6 +224,10 @@ def test_caps_hold_and_what_cannot_be_placed_stays_unspent():
                       min_size=1, max_size=40),
        per_prompt=st.floats(0.5, 40.0), n_up=st.sampled_from([2, 3, 8, 32, 128]),
        f=st.floats(0.0, 1.0), q4=st.sampled_from(["faithful", "fixed"]))
+@example(rates=[None] * 6, per_prompt=2.0, n_up=128, f=0.5, q4="faithful")     # all unseen
+@example(rates=[0.0, 1.0, 0.5] * 3, per_prompt=2.0, n_up=128, f=0.5, q4="faithful")  # at the min
+@example(rates=[0.0, 1.0, 0.5] * 3, per_prompt=1.0, n_up=128, f=0.5, q4="faithful")  # below it
+@example(rates=[0.0, 0.01, 1.0, 0.999], per_prompt=20.0, n_up=8, f=0.2, q4="fixed")  # no explore
 def test_matches_the_reference_and_respects_bounds(rates, per_prompt, n_up, f, q4):
     a = make(n_up=n_up, q4=q4)
     a.failure_window.append(f)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from allocators import solvers as S
@@ -180,6 +180,14 @@ states = st.lists(st.tuples(st.booleans(),
                                                                                  "capped"]),
        k0=st.sampled_from(["zero", "natural"]), fallback=st.booleans(),
        cost=st.sampled_from(["probability", "expectation"]))
+@example(states=[(False, 0.0)] * 8, per_prompt=2.0, topup="uncapped", k0="zero", fallback=True,
+         cost="probability")                                  # all unseen, at the minimum
+@example(states=[(False, 0.0)] * 8, per_prompt=1.0, topup="uncapped", k0="zero", fallback=True,
+         cost="probability")                                  # all unseen, below it
+@example(states=[(True, 0.0), (True, 1.0)] * 4, per_prompt=2.0, topup="capped", k0="zero",
+         fallback=True, cost="probability")                   # no effective prompt
+@example(states=[(True, 0.5)] * 8, per_prompt=200.0, topup="capped", k0="natural",
+         fallback=False, cost="probability")                  # every prompt effective, past caps
 def test_totals_are_exact_and_nothing_is_negative(states, per_prompt, topup, k0, fallback, cost):
     valid = np.array([v for v, _ in states])
     p = np.array([q for _, q in states])
