@@ -9,6 +9,7 @@ leaderboard row, and ``bench train --resume <run-id>`` continues.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -30,7 +31,12 @@ DEFAULT_CPU = dict(steps=30, budget=64, prompts_per_step=8)
 
 
 def _train_modules():
-    """Import the trainer (torch, transformers) or fail with the install line."""
+    """Import the trainer (torch, transformers) or fail with the install line.
+
+    OpenMP threads that wait passively (unless the user chose otherwise): on a CPU shared with
+    other busy processes, torch's default spin-waiting made steps 5-7x slower here (130-175 s
+    against 22-25 s per step for the same run under the same load)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -135,13 +141,13 @@ def train_one(trun, cfg, run_dir: Path, out_dir: Path, runs_dir: Path, console: 
             raise usage_error(str(exc)) from None
         except trun.Interrupted as exc:
             console.print(f"run {run_dir.name} stopped after step {exc.step}; continue it with: "
-                          f"bench train --resume {run_dir.name}")
+                          f"bench train --resume {run_dir.name}", soft_wrap=True)
             sys.exit(130)
         except KeyboardInterrupt:
             ck = run_dir / "checkpoint" / "state.pt"
             hint = (f"continue from its last checkpoint with: bench train --resume {run_dir.name}"
                     if ck.is_file() else "it had no checkpoint yet")
-            console.print(f"run {run_dir.name} interrupted; {hint}")
+            console.print(f"run {run_dir.name} interrupted; {hint}", soft_wrap=True)
             sys.exit(130)
     chash = config_hash(out.config)
     write_run_folder(runs_dir, run_dir.name, {**out.config, "config_hash": chash,
@@ -216,7 +222,8 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
     """GRPO on a real model with each allocator in turn.
 
     With no options: the embedded SmolLM2-135M-Instruct on the embedded chain-sum task, uniform
-    GRPO, a short CPU run (about 10-20 s per step on 2 cores). Each finished run appends one row
+    GRPO, a short CPU run (30 steps; 4-7 s per step on 2 free cores after the first few, several
+    times that on a busy machine). Each finished run appends one row
     to OUT/train_leaderboard.csv (the simulator's columns) and writes RUNS_DIR/<run-id>/.
     """
     console = Console()
