@@ -84,13 +84,14 @@ class TransformersBackend:
                 kw = ({"do_sample": False} if params.greedy else
                       {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
                        "top_k": 0})
-                seqs = self.model.generate(input_ids=ids, attention_mask=attn,
+                dev = next(self.model.parameters()).device
+                seqs = self.model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
                                            max_new_tokens=params.max_new_tokens,
                                            eos_token_id=self.eos_id, pad_token_id=self.pad_id,
                                            **kw)
             finally:
                 torch.set_rng_state(state)
-            new = seqs[:, width:].tolist()
+            new = seqs[:, width:].cpu().tolist()
             for row, i in enumerate(idx):
                 toks = new[row]
                 if self.eos_id in toks:

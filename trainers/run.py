@@ -160,22 +160,24 @@ class _Policy:
         hf_logging.disable_progress_bar()
         self.path = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(self.path)
-        self.model = load_model(self.path, torch.float32)
+        # the policy trains on the GPU when there is one (the vLLM path), else on the CPU
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(self.path, torch.float32).to(self.device)
         self.model.eval()
         train = cfg.train_dtype
         if train == "auto":
-            train = "bf16" if bf16_supported() else "fp32"
+            train = "bf16" if bf16_supported(self.device) else "fp32"
         self.train_dtype = train
         self.grpo = replace(cfg.grpo, autocast_bf16=(train == "bf16"))
         self.optimizer = make_optimizer(self.model, self.grpo)
         self.ref = None
         if cfg.grpo.kl_coef > 0:
-            self.ref = load_model(self.path, torch.float32).eval()
+            self.ref = load_model(self.path, torch.float32).to(self.device).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
         want = cfg.gen_dtype
         if want == "auto":
-            want = "bf16" if bf16_supported() else "fp32"
+            want = "bf16" if bf16_supported(self.device) else "fp32"
         self.gen_dtype = want
         eos = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
@@ -241,7 +243,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
     alloc_rows: list[tuple] = []
     start, wall_before = 0, 0.0
     if resume:
-        state = torch.load(ckpt_dir / "state.pt", weights_only=False)
+        state = torch.load(ckpt_dir / "state.pt", weights_only=False, map_location="cpu")
         policy.model.load_state_dict(state["model"])
         policy.optimizer.load_state_dict(state["optimizer"])
         allocator.load_state_dict(state["allocator"])
