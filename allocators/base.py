@@ -268,6 +268,14 @@ class Step:
                           info or {})
 
 
+def even_split(total: int, parts: int) -> np.ndarray:
+    """``total`` over ``parts``: total // parts each, +1 to the first total % parts (the even
+    split every official allocator uses, remainder to the first prompts in batch order)."""
+    out = np.full(parts, total // parts, np.int64)
+    out[: total % parts] += 1
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Allocator base class
 # --------------------------------------------------------------------------------------------
@@ -291,6 +299,10 @@ class Allocator:
 
     ``min_rollouts_per_prompt`` is the smallest per-prompt share the method can work with: the
     harness rejects a budget below ``prompts_per_step * min_rollouts_per_prompt``.
+
+    A method that keeps per-prompt statistics sets ``self.stats`` (an
+    ``allocators.stats.PromptStats``) in ``reset``; the default ``observe``, ``state_dict`` and
+    ``load_state_dict`` then record and checkpoint it. Methods with more state extend them.
     """
 
     name: ClassVar[str] = ""
@@ -301,6 +313,7 @@ class Allocator:
     def __init__(self, config: AllocatorConfig | None = None):
         self.config = config if config is not None else self.Config()
         self.num_prompts = 0
+        self.stats = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
@@ -328,14 +341,17 @@ class Allocator:
         raise NotImplementedError(f"{type(self).__name__} must implement build or run_step")
 
     def observe(self, result: StepResult) -> None:
-        """Update per-prompt statistics with every reward of the step (default: nothing)."""
+        """Update per-prompt statistics with every reward of the step, trained or not."""
+        if self.stats is not None:
+            self.stats.observe(result)
 
     # -- checkpointing (trainer resume) -----------------------------------------------------
     def state_dict(self) -> dict:
-        return {}
+        return {"stats": self.stats.state_dict()} if self.stats is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.stats is not None:
+            self.stats.load_state_dict(state["stats"])
 
     # -- labels -------------------------------------------------------------------------------
     def label(self) -> str:

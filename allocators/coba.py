@@ -59,19 +59,13 @@ import numpy as np
 from numba import njit
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, StepResult, TrainBatch
+from allocators.base import (Allocator, AllocatorConfig, Samples, Step, StepResult, TrainBatch,
+                             even_split)
 from allocators.solvers import coba_problem, solve
 from allocators.stats import PromptStats
 
 VERY_HARD = 0.05
 VERY_EASY = 0.99
-
-
-def even_split(total: int, parts: int) -> np.ndarray:
-    """``total`` over ``parts``: total // parts each, +1 to the first total % parts."""
-    out = np.full(parts, total // parts, np.int64)
-    out[: total % parts] += 1
-    return out
 
 
 @njit(cache=True)
@@ -291,14 +285,14 @@ class Coba(Allocator):
             rate = result.counts.successes[seen] / g[seen]
             self.failure_window.append(1.0 - float(rate.mean()))
             self.update_beta()
-        self.stats.observe(result)
+        super().observe(result)
 
     def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "failure_window": list(self.failure_window),
+        return {**super().state_dict(), "failure_window": list(self.failure_window),
                 "beta_alpha": self.beta_alpha, "beta_beta": self.beta_beta}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])
+        super().load_state_dict(state)
         self.failure_window.clear()
         self.failure_window.extend(float(x) for x in state["failure_window"])
         self.beta_alpha = float(state["beta_alpha"])

@@ -74,9 +74,9 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, PromptStream, Samples, Step, TrainBatch
+from allocators.base import (Allocator, AllocatorConfig, PromptStream, Samples, Step, TrainBatch,
+                             even_split)
 from allocators.projection import ProjectionKind, SparseRandomProjection, sparse_dim_for
-from allocators.uniform import even_split
 
 CROPI_ADV_EPS = 1e-4  # get_grad.py / grpo_loss: A = (r − mean) / (std + 1e-4)
 _CHUNK = 1024         # prompts whose full gradients are held at once

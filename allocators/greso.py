@@ -235,7 +235,7 @@ class Greso(Allocator):
         return TrainBatch(index, adv, np.ones(index.size)), info
 
     def observe(self, result) -> None:
-        self.stats.observe(result)
+        super().observe(result)
         c = self.config
         if self._epoch > 0 and self._sampled > 0:
             easy_ratio = self._easy / self._sampled
@@ -251,9 +251,9 @@ class Greso(Allocator):
         self._sampled = 0
 
     def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict(), "p_easy": self.p_easy, "p_hard": self.p_hard}
+        return {**super().state_dict(), "p_easy": self.p_easy, "p_hard": self.p_hard}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])
+        super().load_state_dict(state)
         self.p_easy = float(state["p_easy"])
         self.p_hard = float(state["p_hard"])

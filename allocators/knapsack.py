@@ -74,16 +74,9 @@ from typing import Literal
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, clip, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch, even_split
 from allocators.solvers import knapsack_problem, solve
 from allocators.stats import PromptStats
-
-
-def even_split(total: int, parts: int) -> np.ndarray:
-    """``total`` over ``parts``: total // parts each, +1 to the first total % parts."""
-    out = np.full(parts, total // parts, np.int64)
-    out[: total % parts] += 1
-    return out
 
 
 @dataclass
@@ -226,15 +219,6 @@ class Knapsack(Allocator):
         if self.config.adv_clip > 0:
             adv = clip(adv, self.config.adv_clip)
         return TrainBatch.all_of(samples, adv)
-
-    def observe(self, result) -> None:
-        self.stats.observe(result)
-
-    def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])
 
 
 def probability_cost(p: float, alpha: float = 0.9) -> float:

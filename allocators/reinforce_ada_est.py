@@ -170,12 +170,3 @@ class ReinforceAdaEst(Allocator):
             adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, False)
             adv = adv * self._w[samples.group]
         return TrainBatch.all_of(samples, adv)
-
-    def observe(self, result) -> None:
-        self.stats.observe(result)
-
-    def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])

@@ -14,14 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
-
-
-def even_split(total: int, parts: int) -> np.ndarray:
-    """``total`` split over ``parts``: total // parts each, +1 to the first total % parts."""
-    out = np.full(parts, total // parts, np.int64)
-    out[: total % parts] += 1
-    return out
+from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch, even_split
 
 
 @dataclass

@@ -152,12 +152,3 @@ class VarianceOptimal(Allocator):
         adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS,
                                self.config.scale_by_std)
         return TrainBatch.all_of(samples, adv)
-
-    def observe(self, result) -> None:
-        self.stats.observe(result)
-
-    def state_dict(self) -> dict:
-        return {"stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats.load_state_dict(state["stats"])

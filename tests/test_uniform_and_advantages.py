@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from allocators.advantages import clip, group_normalized
 from allocators.registry import parse_spec
-from allocators.uniform import even_split
+from allocators.base import even_split
 
 
 def reference_grpo(groups, rewards, eps=1e-6):
