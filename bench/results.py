@@ -149,6 +149,17 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _file_mode(path: Path) -> int:
+    """The existing file's permissions, or 0o666 less the umask for a new one (mkstemp's 0o600
+    would make a shared leaderboard private)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def append_rows(path: str | Path, rows: list[dict], columns: list[str] = LEADERBOARD_COLUMNS) -> None:
     """Append ``rows`` (dicts with exactly ``columns``) atomically; see the module docstring."""
     path = Path(path)
@@ -169,6 +180,7 @@ def append_rows(path: str | Path, rows: list[dict], columns: list[str] = LEADERB
             w.writerow([_cell(r[c]) for c in columns])
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, _file_mode(path))
             with os.fdopen(fd, "w") as f:
                 f.write(old)
                 f.write(buf.getvalue())

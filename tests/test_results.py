@@ -84,3 +84,14 @@ def test_config_hash_is_stable_and_sensitive():
     a = results.config_hash({"seed": 0, "method": "uniform"})
     assert a == results.config_hash({"method": "uniform", "seed": 0})
     assert a != results.config_hash({"seed": 1, "method": "uniform"})
+
+
+def test_leaderboard_keeps_ordinary_permissions(tmp_path):
+    path = tmp_path / "simulate_leaderboard.csv"
+    append_rows(path, [row(0)])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    path.chmod(0o640)
+    append_rows(path, [row(1)])
+    assert path.stat().st_mode & 0o777 == 0o640
