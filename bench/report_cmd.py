@@ -270,13 +270,6 @@ def _lookup(df: pd.DataFrame, key, arm) -> pd.Series | None:
     return None if m.empty else m.iloc[0]
 
 
-def _baseline_arm(costs, key) -> str:
-    c = costs[(costs["mode"] == key[0]) & (costs["scenario"] == key[1])
-              & (costs["model"] == key[2])]
-    labels = [b for b in c["baseline"] if b]
-    return labels[0] if labels else ""
-
-
 def _poi_vs(poi, key, arm, other):
     if poi.empty or not other or arm == other:
         return None
@@ -347,7 +340,7 @@ def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, 
               f"of Y (Mann-Whitney U / mn). An arm is a method spec plus the run settings that "
               f"differ inside its group.")
     md.append("")
-    fin, auc = ranks["final_test_accuracy"], ranks["auc_test_accuracy"]
+    fin = ranks["final_test_accuracy"]
     for key, g in fin.groupby(R.GROUP, sort=False):
         md += [f"## {group_title(key)}", ""]
         sub = rows[(rows["mode"] == key[0]) & (rows["scenario"] == key[1])
@@ -356,7 +349,6 @@ def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, 
                              for s in R.ARM_SETTINGS)
         md += [f"{len(sub)} runs; {settings}; target accuracy "
                f"{sub['target_accuracy'].iloc[0]:g}.", ""]
-        base = _baseline_arm(costs, key)
         for metric, title, extra in (
                 ("final_test_accuracy", "Ranking by final test accuracy", []),
                 ("auc_test_accuracy", "Ranking by AUC of test accuracy against rollouts",

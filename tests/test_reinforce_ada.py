@@ -189,7 +189,6 @@ def test_unresolved_prompts_fall_back_and_get_zero_advantage_when_uniform():
         for prompt in (0, 1, 2):
             mine, all_mine, adv = kept(r, prompt)
             assert mine.size == 4
-            rw = r.samples.rewards[mine]
             if prompt in (0, 1):
                 assert np.all(adv == 0.0)
             if prompt == 0:

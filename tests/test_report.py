@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from bench import report as R
 from bench.cli import main
-from bench.results import LEADERBOARD_COLUMNS, append_rows, config_hash
+from bench.results import append_rows, config_hash
 
 SEEDS = range(6)
 # final test accuracy per seed: "better" = uniform + 0.05 on every seed (paired), "worse" below

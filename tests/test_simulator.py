@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from allocators.base import PromptStream, TrainBatch
+from allocators.base import PromptStream
 from allocators.registry import parse_spec
 from simulator import kernels
 from simulator.run import SimConfig, run_simulation

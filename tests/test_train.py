@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from allocators.advantages import group_normalized
-from allocators.base import PromptStream, Samples, Step
+from allocators.base import PromptStream, Step
 from allocators.registry import METHODS, parse_spec
 from bench.cli import main
 from bench.results import LEADERBOARD_COLUMNS
