@@ -31,8 +31,9 @@ Calibration samples them through the same ``Step.sample`` as training, so their 
 responses count in the cost (rollouts and tokens) of the step in which calibration runs; they
 enter the step's batch as extra groups with no trained response.
 
-Answers. The simulator's ``Samples.answers`` (0 = the correct answer, 1..K distractors,
-``simulator/kernels.py::draw``). A source without answers (``answers is None``) falls back to the
+Answers. ``Samples.answers``: 0 = the correct answer, 1..K the others (the simulator's
+distractors, ``simulator/kernels.py::draw``; the trainer's distinct extracted answers per prompt,
+``trainers/source.py``). A source without answers (``answers is None``) falls back to the
 reward as the answer (correct vs. "wrong"), which makes the set a singleton when the responses
 agree on correctness.
 

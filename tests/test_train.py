@@ -336,3 +336,25 @@ def test_datasets_load_from_jsonl_and_parquet(tmp_path):
     assert a.train_prompts == b.train_prompts and len(a.test_prompts) == 8
     assert len(a.train_prompts) == 32 and not set(a.train_prompts) & set(a.test_prompts)
     assert a.verify(["so it is 4", "it is 5"], ["4", "4"]).tolist() == [1.0, 0.0]
+
+
+def test_source_reports_answers_as_the_simulator_does(smol):
+    """0 for a correct response, one id per distinct wrong answer of the prompt in the step."""
+    path, tok = smol
+    task = chain_sum(seed=0, num_train=4, num_test=2)
+    gold = [int(a) for a in task.train_answers]
+
+    class Fixed:
+        name = "fixed"
+
+        def generate(self, prompts, counts, params, seed):
+            said = [gold[0], gold[0] + 1, gold[0] + 2, gold[0] + 1, None, gold[1] + 5, gold[1]]
+            return [tok("I think nothing." if a is None else f"The answer is {a}.")["input_ids"]
+                    for a in said]
+
+    source = ModelSource(Fixed(), tok, task, GenParams(8), seed=0)
+    source.begin_step(0)
+    s = source.sample(np.array([0, 1]), np.array([5, 2]))
+    assert s.answers.tolist() == [0, 1, 2, 1, 3, 1, 0]
+    assert np.array_equal(s.answers == 0, s.rewards == 1.0)
+    assert task.extract("so 12, then 15") == "15" and task.extract("no idea") == ""

@@ -2,7 +2,10 @@
 
 ``sample(prompt_ids, counts)`` generates ``counts[i]`` responses for training prompt
 ``prompt_ids[i]`` in one backend call, scores them (binary reward), and returns ``Samples`` with
-per-sample ``extra = (prompt_id, response token ids)`` that the policy update trains on. Every
+per-sample ``extra = (prompt_id, response token ids)`` that the policy update trains on, and
+``answers``: 0 for a correct response, else a small id per distinct extracted answer of that
+prompt within the step (1, 2, ... in order of appearance; no answer is an answer of its own),
+as the simulator's answers are, for answer-level methods such as C-GRPO. Every
 call of a step gets its own seed derived from (run seed, step, call number), so a step's samples
 depend only on the weights, the allocation and the seed: a resumed run reproduces them.
 """
@@ -36,10 +39,18 @@ class ModelSource:
         self.test_tokens = encode_prompts(tokenizer, task.test_prompts)
         self._step = 0
         self._call = 0
+        self._answer_ids: dict[int, dict[str, int]] = {}
 
     def begin_step(self, step: int) -> None:
         self._step = int(step)
         self._call = 0
+        self._answer_ids = {}
+
+    def _answer_id(self, prompt: int, correct: bool, text: str) -> int:
+        if correct:
+            return 0
+        ids = self._answer_ids.setdefault(prompt, {})
+        return ids.setdefault(self.task.extract(text), len(ids) + 1)
 
     def _seed(self) -> int:
         s = np.random.SeedSequence([self.seed, 7, self._step, self._call]).generate_state(2)
@@ -56,7 +67,9 @@ class ModelSource:
         rewards = self.task.verify(texts, [self.task.train_answers[i] for i in ids])
         lengths = np.array([len(r) for r in responses], np.int64)
         extra = [(int(i), r) for i, r in zip(ids, responses)]
-        return Samples(ids, rewards, lengths, extra=extra)
+        answers = np.array([self._answer_id(int(i), rw > 0.5, t)
+                            for i, rw, t in zip(ids, rewards, texts)], np.int64)
+        return Samples(ids, rewards, lengths, answers=answers, extra=extra)
 
     def test_accuracy(self) -> tuple[float, int]:
         """Greedy accuracy on the held-out test prompts, and the tokens it generated."""

@@ -52,6 +52,21 @@ class Task:
         check = verify_integer if self.verifier == "integer" else verify_math
         return np.array([1.0 if check(r, a) else 0.0 for r, a in zip(responses, answers)])
 
+    def extract(self, response: str) -> str:
+        """The final answer a response gives, as text ('' if none): the last integer for the
+        integer verifier, math-verify's parse for the math one. Answer-level methods (C-GRPO)
+        compare these within a prompt."""
+        if self.verifier == "integer":
+            got = last_integer(response)
+            return "" if got is None else str(got)
+        from math_verify import parse
+
+        try:
+            parsed = parse(response)
+        except Exception:       # noqa: BLE001  (as in verify_math: odd input has no answer)
+            return ""
+        return str(parsed[0]) if parsed else ""
+
     def describe(self) -> dict:
         return {"task": self.name, "verifier": self.verifier, "train_prompts":
                 len(self.train_prompts), "test_prompts": len(self.test_prompts), **self.meta}
