@@ -18,6 +18,12 @@ seed 0) and projects them with TRAK's dense random projector (Gaussian ``trak_no
 3. ``identity``: no dense matrix, only the coordinate subset (scaled); with ``sparse_dim = d`` this
    is the exact, unprojected gradient. Kept coordinates are in increasing order.
 
+A dense projection only ever reduces dimension (officially 15M coordinates to 32,768). When
+``proj_dim`` exceeds ``sparse_dim`` (small simulator models, e.g. d = 64), the dense step could
+only approximate inner products that the kept coordinates already give exactly, at a cost of
+``proj_dim / sparse_dim`` times the work: the identity is used instead (``kind`` then reads
+``identity``; ``requested_kind`` keeps what was asked for).
+
 Johnson–Lindenstrauss: for a dense Gaussian or Rademacher R and fixed u, v, ⟨Pu, Pv⟩ − ⟨u, v⟩ has
 standard deviation √((|u|²|v|² + ⟨u, v⟩²) / proj_dim) (Gaussian; at most that for Rademacher),
 and |‖Pu‖² − ‖u‖²| ≤ ε‖u‖² with probability ≥ 1 − 2·exp(−proj_dim·(ε²/2 − ε³/3)/2).
@@ -57,6 +63,9 @@ class SparseRandomProjection:
             raise ValueError(f"proj_dim must be >= 1, got {proj_dim}")
         self.dim = int(dim)
         self.sparse_dim = int(sparse_dim)
+        self.requested_kind = kind
+        if kind != "identity" and proj_dim > sparse_dim:
+            kind = "identity"       # a projection up in dimension (module docstring)
         self.kind = kind
         self.seed = int(seed)
         rng = np.random.default_rng(self.seed)

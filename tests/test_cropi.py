@@ -332,3 +332,15 @@ def test_speedup_and_precision_scripts_run(tmp_path):
                                        "1,0.5", "--proj-dims", "8,64", "--repeats", "1"])
     assert r.exit_code == 0, r.output
     assert "precision@0.1 (fused)" in r.output and "chance level" in r.output
+
+
+def test_projection_never_goes_up_in_dimension():
+    """proj_dim > sparse_dim: the kept coordinates are used as they are (exact inner products)."""
+    from allocators.projection import SparseRandomProjection
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=64), rng.normal(size=64)
+    p = SparseRandomProjection(64, 64, 1024, "gaussian", seed=0)
+    assert p.kind == "identity" and p.requested_kind == "gaussian" and p.out_dim == 64
+    assert np.isclose(p(u[None])[0] @ p(v[None])[0], u @ v)
+    q = SparseRandomProjection(2048, 1024, 1024, "gaussian", seed=0)
+    assert q.kind == "gaussian" and q.out_dim == 1024
