@@ -56,6 +56,21 @@ def mixed_groups(groups, group, rewards):
     return out
 
 
+def train_kept_groups(step: Step, kept_parts: list[np.ndarray], target: int,
+                      scale_by_std: bool) -> tuple[TrainBatch, np.ndarray]:
+    """The training batch of a filtering step: every response of the first ``target`` kept
+    groups (in generation order), GRPO advantages within each group; returns it and the groups
+    that train. Shared by DAPO and GRESO."""
+    kept = np.concatenate(kept_parts)[:target] if kept_parts else np.zeros(0, np.int64)
+    samples = step.samples
+    train_group = np.zeros(step.num_groups, np.bool_)
+    train_group[kept] = True
+    index = np.flatnonzero(train_group[samples.group]).astype(np.int64)
+    adv = group_normalized(samples.group[index], samples.rewards[index], step.num_groups,
+                           GRPO_EPS, scale_by_std)
+    return TrainBatch(index, adv, np.ones(index.size)), kept
+
+
 @dataclass
 class DapoConfig(AllocatorConfig):
     gen_batch_factor: float = 3.0   # generation batch / training batch, in prompts (script: 3)
@@ -98,13 +113,7 @@ class Dapo(Allocator):
             kept = groups[mixed_groups(groups, s.group, s.rewards)]
             kept_parts.append(kept)
             n_kept += kept.size
-        kept = np.concatenate(kept_parts)[:target] if kept_parts else np.zeros(0, np.int64)
-        samples = step.samples
-        train_group = np.zeros(step.num_groups, np.bool_)
-        train_group[kept] = True
-        index = np.flatnonzero(train_group[samples.group]).astype(np.int64)
-        adv = group_normalized(samples.group[index], samples.rewards[index], step.num_groups,
-                               GRPO_EPS, c.scale_by_std)
+        batch, kept = train_kept_groups(step, kept_parts, target, c.scale_by_std)
         info = {"gen_batches": batches, "kept_groups": int(kept.size),
                 "short": int(max(0, target - kept.size))}
-        return TrainBatch(index, adv, np.ones(index.size)), info
+        return batch, info

@@ -45,9 +45,8 @@ import numpy as np
 from numba import njit
 
 from allocators._prompts import take_distinct
-from allocators.advantages import GRPO_EPS, group_normalized
 from allocators.base import Allocator, AllocatorConfig, Step, TrainBatch
-from allocators.dapo import mixed_groups
+from allocators.dapo import mixed_groups, train_kept_groups
 from allocators.stats import PromptStats
 
 
@@ -221,18 +220,12 @@ class Greso(Allocator):
             if est <= default_bs:
                 last = True
             sampling_bs = max(min(est, default_bs), min_bs)
-        kept = np.concatenate(kept_parts)[:target] if kept_parts else np.zeros(0, np.int64)
-        samples = step.samples
-        train_group = np.zeros(step.num_groups, np.bool_)
-        train_group[kept] = True
-        index = np.flatnonzero(train_group[samples.group]).astype(np.int64)
-        adv = group_normalized(samples.group[index], samples.rewards[index], step.num_groups,
-                               GRPO_EPS, c.scale_by_std)
+        batch, kept = train_kept_groups(step, kept_parts, target, c.scale_by_std)
         self._sampled, self._easy, self._hard = sampled, easy_total, hard_total
         self._epoch = step.stream.epoch
         info = {"gen_rounds": rounds, "skipped": skipped, "kept_groups": int(kept.size),
                 "p_easy": self.p_easy, "p_hard": self.p_hard}
-        return TrainBatch(index, adv, np.ones(index.size)), info
+        return batch, info
 
     def observe(self, result) -> None:
         super().observe(result)

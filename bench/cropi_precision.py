@@ -25,7 +25,6 @@ header gives the chance level, K / candidates: the precision of K candidates dra
 
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -37,23 +36,14 @@ from allocators.base import PromptStream, Step
 from allocators.cropi import Cropi, CropiConfig, cosine_scores, precision_at, select_valid_uniform
 from allocators.projection import SparseRandomProjection, sparse_dim_for
 from allocators.registry import parse_spec
-from bench.errors import usage_error
+from bench.errors import run_one_line, usage_error
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import SCENARIOS, build_world
 
 
 def run_command(cmd: click.Command) -> None:
     """Run a click command as a script: bad input prints one line, ``Error: ...``, exit code 2."""
-    try:
-        cmd.main(standalone_mode=False)
-    except click.UsageError as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    run_one_line(cmd.main)
 
 
 def _floats(text: str, name: str) -> list[float]:

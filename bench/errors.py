@@ -7,34 +7,37 @@ import sys
 import click
 
 
-class BenchGroup(click.Group):
-    """A click group whose usage errors print one line, ``Error: ...``, and exit with code 2.
+def run_one_line(main, *args, **kwargs):
+    """Run a click command's ``main`` so that every usage error prints one line, ``Error: ...``,
+    and exits with code 2 (click's standalone mode prints the usage block first)."""
+    kwargs["standalone_mode"] = False
+    try:
+        rv = main(*args, **kwargs)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None and isinstance(exc, click.NoSuchOption | click.BadOptionUsage):
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
+    sys.exit(0)
 
-    click's own usage errors (unknown option, bad type) print the usage block first; here every
-    ``click.UsageError`` (``BadParameter`` included) becomes that single line.
-    """
+
+class BenchGroup(click.Group):
+    """The ``bench`` group: usage errors print one line and exit with code 2
+    (``run_one_line``)."""
 
     def main(self, *args, **kwargs):
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except click.UsageError as exc:
-            hint = ""
-            if exc.ctx is not None and isinstance(exc, click.NoSuchOption | click.BadOptionUsage):
-                hint = f" (see '{exc.ctx.command_path} --help')"
-            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
-            sys.exit(2)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted.", err=True)
-            sys.exit(130)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(rv, int) and rv:
-            sys.exit(rv)
-        sys.exit(0)
+        return run_one_line(super().main, *args, **kwargs)
 
 
 def usage_error(message: str) -> click.UsageError:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from allocators.registry import SpecError, parse_specs
-from bench.errors import usage_error
+from bench.errors import run_one_line, usage_error
 from simulator.run import SimConfig, run_simulation
 
 
@@ -63,4 +63,4 @@ def main(methods, scenario, steps, prompts, n, repeats):
 
 
 if __name__ == "__main__":
-    main()
+    run_one_line(main.main)

@@ -21,6 +21,8 @@ import time
 
 import click
 
+from bench.errors import run_one_line
+
 
 @click.command()
 @click.option("--model", default="smollm2-135m", show_default=True)
@@ -88,4 +90,4 @@ def main(model, prompts, n, max_new_tokens, repeats, threads):
 
 
 if __name__ == "__main__":
-    main()
+    run_one_line(main.main)
