@@ -13,7 +13,8 @@ from bench.sweep_cmd import sweep
 from bench.train_cmd import train
 
 
-@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=BenchGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rollout-bench")
 def main() -> None:
     """rollout-bench: compare rollout-budget allocators for GRPO-style RL with verifiable rewards.
@@ -22,6 +23,8 @@ def main() -> None:
     simulate  score allocators on the Numba learning simulator (seconds per run)
     train     GRPO on a real language model with the same allocators (CPU or GPU)
     solvers   time the allocation solvers of Knapsack RL and CoBA-RL (DP, heap greedy, fast)
+    sweep     run a grid of simulations (process pool or Ray), resumable
+    report    rank methods with bootstrap intervals; Markdown report and plots
     Results go to CSV leaderboards in results/; per-run details to runs/<run-id>/.
     """
 
