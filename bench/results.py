@@ -107,6 +107,16 @@ def check_writable(folder: str | Path) -> Path:
     return p
 
 
+def check_outputs(results_dir: str | Path, runs_dir: str | Path, mode: str) -> Path:
+    """Before a run starts: the results folder and the runs folder are writable and the mode's
+    leaderboard, if it exists, has this schema. Returns the results folder; ``ResultsError``
+    otherwise (nothing is written but the folders themselves)."""
+    out = check_writable(results_dir)
+    read_checked(leaderboard_path(out, mode), LEADERBOARD_COLUMNS)
+    check_writable(runs_dir)
+    return out
+
+
 @contextmanager
 def _locked(path: Path):
     with open(path.with_name(path.name + ".lock"), "w") as lock:

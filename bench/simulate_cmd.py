@@ -16,8 +16,7 @@ from rich.table import Table
 
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
-from bench.results import (LEADERBOARD_COLUMNS, ResultsError, check_writable, leaderboard_path,
-                           read_checked)
+from bench.results import ResultsError, check_outputs, leaderboard_path
 from bench.runner import Recorder, execute, parse_seeds
 from simulator.run import SimConfig
 from simulator.scenarios import SCENARIOS
@@ -126,9 +125,7 @@ def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_eve
                               f"{cls.min_rollouts_per_prompt} rollouts x {prompts_per_step} prompts "
                               f"= {need}")
     try:
-        out = check_writable(out_dir)
-        read_checked(leaderboard_path(out, "simulate"), LEADERBOARD_COLUMNS)
-        check_writable(runs_dir)
+        check_outputs(out_dir, runs_dir, "simulate")
     except ResultsError as exc:
         raise usage_error(str(exc)) from None
 

@@ -23,9 +23,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
-from bench.results import (LEADERBOARD_COLUMNS, ResultsError, append_rows, check_writable,
-                           code_version, config_hash, leaderboard_path, now_utc, read_checked,
-                           write_run_folder)
+from bench.results import (LEADERBOARD_COLUMNS, ResultsError, append_rows, check_outputs,
+                           code_version, config_hash, leaderboard_path, now_utc, write_run_folder)
 
 DEFAULT_CPU = dict(steps=30, budget=64, prompts_per_step=8)
 
@@ -230,9 +229,7 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
     if not console.is_terminal:
         console = Console(width=160)
     try:
-        out = check_writable(out_dir)
-        read_checked(leaderboard_path(out, "train"), LEADERBOARD_COLUMNS)
-        check_writable(runs_dir)
+        check_outputs(out_dir, runs_dir, "train")
     except ResultsError as exc:
         raise usage_error(str(exc)) from None
     trun = _train_modules()
