@@ -80,6 +80,18 @@ def round_update(active, group, rewards, threshold, balanced, n_keep, pos, neg):
     return done
 
 
+@njit(cache=True, inline="always")
+def _fill_short(p, q, a, b, short):
+    """Top up a kept group that is ``short`` of its size from whichever set has extra (positives
+    first), as ``downsample_cache`` does."""
+    if short > 0:
+        if p > a:
+            a += min(p - a, short)
+        elif q > b:
+            b += min(q - b, short)
+    return a, b
+
+
 @njit(cache=True)
 def keep_targets(pos, neg, finished, balanced, n_keep):
     """How many positives and negatives each group keeps: ``downsample_cache`` for groups that met
@@ -94,12 +106,7 @@ def keep_targets(pos, neg, finished, balanced, n_keep):
         if finished[g]:
             a = min(half, p)
             b = min(n_keep - a, q)
-            short = n_keep - a - b
-            if short > 0:
-                if p > a:
-                    a += min(p - a, short)
-                elif q > b:
-                    b += min(q - b, short)
+            a, b = _fill_short(p, q, a, b, n_keep - a - b)
         else:
             rows = p + q
             take = min(n_keep, rows)
@@ -113,12 +120,7 @@ def keep_targets(pos, neg, finished, balanced, n_keep):
                 want_n = take - want_p
             a = min(p, want_p)
             b = min(q, want_n)
-            short = take - a - b
-            if short > 0:
-                if p > a:
-                    a += min(p - a, short)
-                elif q > b:
-                    b += min(q - b, short)
+            a, b = _fill_short(p, q, a, b, take - a - b)
         tp[g] = a
         tn[g] = b
     return tp, tn
