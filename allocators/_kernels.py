@@ -117,7 +117,7 @@ def last_k_mean(ids, k, ring, ring_pos, ring_fill):
             continue
         s = 0
         pos = ring_pos[i]
-        for t in range(m):
+        for _t in range(m):
             pos = pos - 1 if pos > 0 else cap - 1
             s += ring[i, pos]
         out[a] = s / m
@@ -134,7 +134,7 @@ def window_sums(ids, w, win_n, win_s, win_pos, win_fill):
         i = ids[a]
         m = min(w, win_fill[i])
         pos = win_pos[i]
-        for t in range(m):
+        for _t in range(m):
             pos = pos - 1 if pos > 0 else cap - 1
             n_out[a] += win_n[i, pos]
             s_out[a] += win_s[i, pos]

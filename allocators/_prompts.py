@@ -1,6 +1,6 @@
 """Prompt selection helpers for methods that take prompts from the epoch stream more than once per
-step (DAPO's refills §6.2, GRESO's pre-rollout filter §6.3, C-GRPO's held-out calibration slice
-§6.5).
+step (DAPO's refills docs/methods.md#dapo, GRESO's pre-rollout filter docs/methods.md#greso, C-GRPO's held-out calibration slice
+docs/methods.md#cgrpo).
 
 ``PromptStream.take`` never returns the same prompt twice within one call, but two calls in the
 same step can straddle an epoch boundary and serve a prompt of the first call again. The contract

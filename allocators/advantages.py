@@ -1,4 +1,4 @@
-"""Advantage rules shared by the methods (algorithms.md §2.6, §4.1, §6.1).
+"""Advantage rules shared by the methods (docs/methods.md#knapsack).
 
 Each function takes per-sample arrays of the samples that train (``group``: the sample's group
 in the step, ``rewards``) and returns one advantage per sample.
@@ -23,5 +23,5 @@ def group_normalized(group: np.ndarray, rewards: np.ndarray, num_groups: int,
 
 
 def clip(advantages: np.ndarray, limit: float) -> np.ndarray:
-    """Clip to ±limit (Knapsack RL's ``adv_clip_value`` = 5, §2.6)."""
+    """Clip to ±limit (Knapsack RL's ``adv_clip_value`` = 5, docs/methods.md#knapsack)."""
     return np.clip(advantages, -limit, limit)

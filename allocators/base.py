@@ -1,34 +1,35 @@
-"""The one contract every allocator satisfies (design.md, "The one contract: a step of sampling").
+"""The allocator contract: one step of sampling, the same in the simulator and the trainer.
 
-A training step is driven the same way for every method, in the simulator and in the trainer:
+A driver (``allocators/loop.py``) runs every method the same way, each step:
 
-1. **select**     the method picks which prompts enter the batch (``Step.take_prompts`` draws the
-                  next shuffled slice of the epoch; CROPI, GRESO, DAPO change what they take);
-2. **allocate and sample**  it asks the step for rollouts, once (static allocators) or in rounds
-                  (multi-round allocators), through ``Step.sample(groups, counts)``, which forwards
-                  to the ``RolloutSource`` and logs every sample;
-3. **build**      it returns a ``TrainBatch``: which of the step's samples train, with per-sample
-                  advantages and weights;
-4. **learn**      the caller's learner applies the policy-gradient update;
-5. **observe**    ``Allocator.observe(result)`` updates the method's per-prompt statistics with
-                  every reward seen (trained or not).
+1. ``allocator.step(Step(...))`` calls the method's ``run_step``, the one method an allocator
+   implements. It **selects** prompts (``Step.take_prompts``/``add_prompts``), **samples** them
+   once or in rounds (``Step.sample(groups, counts)``, which forwards to the ``RolloutSource``
+   and logs every sample), and returns the **training batch** (``TrainBatch``: which of the
+   step's samples train, with advantages and weights) and a dict of per-step numbers;
+2. the learner **learns** from the batch; 3. ``allocator.observe(result)`` updates the method's
+   statistics with every reward of the step, trained or not.
 
-Callers only ever call ``Allocator.step(step)`` and ``Allocator.observe(result)``: a static and a
-multi-round method look the same from outside.
-
-Rewards are binary (1 = verified correct, 0 = not). Sources with other reward scales map them to
-{0, 1} before returning them.
+``StaticAllocator`` is the helper for methods that sample once: they implement ``allocate``
+(counts per prompt, and info) and ``build`` (the batch). What a method needs from the harness
+(its spend rule, the least rollouts per prompt, what the source must provide, its presets) is
+declared in one ``Capabilities`` record and checked by ``validate`` before a run starts.
+Rewards are binary (1 = verified correct). See ``docs/design.md#the-contract``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from allocators._kernels import group_counts
+
+# What a rollout source can provide beyond rewards and lengths; a method lists what it needs.
+Need = Literal["answers", "gradients", "true_rates"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,52 +37,81 @@ from allocators._kernels import group_counts
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Samples:
-    """Samples returned by a ``RolloutSource``; one entry per generated response.
+    """Generated responses, one entry per response.
 
-    ``prompt_ids``: dataset index of the prompt; ``rewards``: 0.0 or 1.0; ``lengths``: response
-    length in tokens. ``group`` is filled by ``Step.sample``: the position of the prompt in the
-    step's batch. ``extra`` is source-specific per-sample payload (the trainer keeps token ids and
-    log-probabilities there); the contract only concatenates it.
+    ``prompt_ids``: dataset index of the prompt; ``group``: the prompt's position in the request
+    (as a source returns them) or in the step's batch (after ``Step.sample``); ``rewards``: 0.0 or
+    1.0; ``lengths``: response length in tokens; ``answers``: 0 for a correct response, else an id
+    per distinct wrong extracted answer of the prompt (sources that can tell them apart);
+    ``tokens``: the response token ids (the trainer, for its update).
     """
 
     prompt_ids: np.ndarray
+    group: np.ndarray
     rewards: np.ndarray
     lengths: np.ndarray
-    group: np.ndarray | None = None
     answers: np.ndarray | None = None
-    extra: list | None = None
+    tokens: list[Sequence[int]] | None = None
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
 
     @staticmethod
-    def concat(parts: list["Samples"]) -> "Samples":
+    def from_request(prompt_ids: np.ndarray, counts: np.ndarray, rewards: np.ndarray,
+                     lengths: np.ndarray, answers: np.ndarray | None = None,
+                     tokens: list[Sequence[int]] | None = None) -> Samples:
+        """A source's answer to ``sample(prompt_ids, counts)``: ``counts[i]`` responses of
+        ``prompt_ids[i]`` for every ``i``, in request order."""
+        counts = np.asarray(counts, np.int64)
+        ids = np.repeat(np.asarray(prompt_ids, np.int64), counts)
+        group = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        return Samples(ids, group, np.asarray(rewards, np.float64),
+                       np.asarray(lengths, np.int64), answers, tokens)
+
+    def take(self, index: np.ndarray) -> Samples:
+        """The samples at ``index``, in that order."""
+        index = np.asarray(index, np.int64)
+        return Samples(self.prompt_ids[index], self.group[index], self.rewards[index],
+                       self.lengths[index],
+                       None if self.answers is None else self.answers[index],
+                       None if self.tokens is None else [self.tokens[i] for i in index])
+
+    @staticmethod
+    def concat(parts: list[Samples]) -> Samples:
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            empty_i = np.zeros(0, np.int64)
-            return Samples(empty_i, np.zeros(0), empty_i.copy(), empty_i.copy())
+            empty = np.zeros(0, np.int64)
+            return Samples(empty, empty.copy(), np.zeros(0), empty.copy())
 
-        def cat(name):
-            values = [getattr(p, name) for p in parts]
-            if any(v is None for v in values):
-                return None
-            return np.concatenate(values)
+        def cat(values: list[np.ndarray | None]) -> np.ndarray | None:
+            present = [v for v in values if v is not None]
+            return np.concatenate(present) if len(present) == len(values) else None
 
-        extra = None
-        if all(p.extra is not None for p in parts):
-            extra = [e for p in parts for e in p.extra]
-        return Samples(cat("prompt_ids"), cat("rewards"), cat("lengths"), cat("group"),
-                       cat("answers"), extra)
+        tokens = None
+        if all(p.tokens is not None for p in parts):
+            tokens = [t for p in parts for t in p.tokens]  # type: ignore[union-attr]
+        return Samples(np.concatenate([p.prompt_ids for p in parts]),
+                       np.concatenate([p.group for p in parts]),
+                       np.concatenate([p.rewards for p in parts]),
+                       np.concatenate([p.lengths for p in parts]),
+                       cat([p.answers for p in parts]), tokens)
 
 
-@runtime_checkable
 class RolloutSource(Protocol):
-    """Generates rollouts: the simulator with Bernoulli draws, the trainer with a model + verifier.
+    """Generates rollouts: the simulator with Bernoulli draws, the trainer with a model and a
+    verifier.
 
-    ``sample(prompt_ids, counts)`` returns ``counts[i]`` samples of ``prompt_ids[i]`` for every
-    ``i``, grouped in request order (all samples of the first prompt, then the second, ...).
+    ``sample(prompt_ids, counts)`` returns ``Samples.from_request(prompt_ids, counts, ...)``:
+    ``counts[i]`` responses of ``prompt_ids[i]``, all of the first prompt, then the second, ...
+    ``begin_step(index)`` is called by the driver before each step (the trainer derives its
+    generation seeds from it). ``provides`` lists what the source gives beyond rewards and
+    lengths (``Need``).
     """
+
+    provides: frozenset[str]
+
+    def begin_step(self, index: int) -> None: ...
 
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples: ...
 
@@ -101,7 +131,7 @@ class TrainBatch:
     weights: np.ndarray
 
     @staticmethod
-    def all_of(samples: Samples, advantages: np.ndarray) -> "TrainBatch":
+    def all_of(samples: Samples, advantages: np.ndarray) -> TrainBatch:
         n = len(samples)
         return TrainBatch(np.arange(n, dtype=np.int64), np.asarray(advantages, np.float64),
                           np.ones(n, np.float64))
@@ -184,17 +214,17 @@ class Step:
 
     Holds the batch (prompt ids, growing as the method takes or adds prompts), forwards sample
     requests to the source and logs every sample, and times the source so that the allocator's
-    own time can be reported.
+    own time can be reported. ``source`` is there for methods that declared a ``Need`` the
+    driver checked the source ``provides`` (CROPI's gradients).
     """
 
     def __init__(self, index: int, stream: PromptStream, source: RolloutSource, budget: int,
-                 prompts_per_step: int, rng: np.random.Generator):
+                 prompts_per_step: int):
         self.index = int(index)
         self.stream = stream
         self.source = source
         self.budget = int(budget)
         self.prompts_per_step = int(prompts_per_step)
-        self.rng = rng
         self._prompts: list[np.ndarray] = []
         self._n_prompts = 0
         self._parts: list[Samples] = []
@@ -231,8 +261,8 @@ class Step:
 
     # -- sample ----------------------------------------------------------------------------
     def sample(self, groups: np.ndarray, counts: np.ndarray) -> Samples:
-        """Request ``counts[i]`` rollouts for group ``groups[i]``; returns this request's samples
-        (with ``group`` set). Zero counts are allowed and skipped."""
+        """Request ``counts[i]`` rollouts for group ``groups[i]``; returns this request's samples,
+        ``group`` being the batch position. Zero counts are allowed and skipped."""
         groups = np.asarray(groups, np.int64)
         counts = np.asarray(counts, np.int64)
         if groups.shape != counts.shape:
@@ -245,9 +275,13 @@ class Step:
         t0 = time.perf_counter()
         out = self.source.sample(self.prompt_ids[groups], counts)
         self.source_seconds += time.perf_counter() - t0
-        out.group = np.repeat(groups, counts)
+        total = int(counts.sum())
+        if len(out) != total or out.group.shape != (total,):
+            raise RuntimeError(f"the rollout source returned {len(out)} samples for a request "
+                               f"of {total}")
+        out.group = groups[out.group]
         self._parts.append(out)
-        self.rollouts += int(counts.sum())
+        self.rollouts += total
         return out
 
     @property
@@ -258,14 +292,12 @@ class Step:
         return Samples.concat(self._parts)
 
     # -- finish ----------------------------------------------------------------------------
-    def finish(self, train: TrainBatch, solver_seconds: float, info: dict | None = None) -> StepResult:
+    def finish(self, train: TrainBatch, solver_seconds: float, info: dict) -> StepResult:
         samples = self.samples
-        if samples.group is None:
-            samples.group = np.zeros(0, np.int64)
         counts = GroupCounts(*group_counts(self.num_groups, samples.group, samples.rewards,
                                            samples.lengths, train.index))
         return StepResult(self.index, self.prompt_ids, samples, train, counts, solver_seconds,
-                          info or {})
+                          info)
 
 
 def even_split(total: int, parts: int) -> np.ndarray:
@@ -277,43 +309,86 @@ def even_split(total: int, parts: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Allocator base class
+# What a method declares, and the check of a run's settings against it
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs from the harness, read by the driver and by ``validate``.
+
+    ``spend``: ``"budget"`` if a step never generates more than the step budget, ``"own"`` if
+    the method decides its spend (multi-round methods, CROPI's offline pass).
+    ``min_rollouts_per_prompt``: a budget below ``prompts_per_step`` times this is refused
+    (methods that spend the budget). ``needs``: what the rollout source must provide.
+    ``presets``: named option sets, ``name@preset`` on the command line.
+    """
+
+    spend: Literal["budget", "own"] = "budget"
+    min_rollouts_per_prompt: int = 2
+    needs: frozenset[str] = frozenset()
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+class SettingsError(ValueError):
+    """A run's settings that a method cannot run with; the message is one line for the user."""
+
+
+def validate(allocator: Allocator, label: str, budget: int, prompts_per_step: int,
+             provides: frozenset[str] | None = None) -> None:
+    """Refuse, before a run starts, a budget below the method's minimum or a source that lacks
+    what the method needs (``provides=None``: the source is not known yet)."""
+    caps = allocator.capabilities()
+    if budget < 1 or prompts_per_step < 1:
+        raise SettingsError("budget and prompts per step must be positive")
+    need = prompts_per_step * caps.min_rollouts_per_prompt
+    if caps.spend == "budget" and budget < need:
+        raise SettingsError(f"budget {budget} is below {label}'s minimum of "
+                            f"{caps.min_rollouts_per_prompt} rollouts x {prompts_per_step} "
+                            f"prompts = {need}")
+    if provides is not None:
+        missing = sorted(caps.needs - provides)
+        if missing:
+            raise SettingsError(f"{label} needs {', '.join(missing)} from the rollout source, "
+                                f"which this mode does not provide"
+                                + allocator.without(frozenset(missing)))
+
+
+# --------------------------------------------------------------------------------------------
+# Allocators
 # --------------------------------------------------------------------------------------------
 @dataclass
 class AllocatorConfig:
     """Base of every method's config dataclass (one per method, TRL style)."""
 
-    def options(self) -> dict[str, Any]:
-        """Options that differ from the defaults, for run labels and result rows."""
-        default = type(self)()
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != getattr(default, f.name)}
-
 
 class Allocator:
-    """Base class: a method is a subclass with a ``Config`` dataclass and a ``name``.
+    """Base class: a method is a subclass with a ``name``, a ``Config`` dataclass, its
+    ``caps`` and a ``run_step``.
 
-    Static methods implement ``allocate`` (counts per group) and ``build`` (the training batch);
-    the default ``run_step`` selects ``prompts_per_step`` prompts, samples them once and builds.
-    Multi-round methods override ``run_step``. ``observe`` updates per-prompt statistics.
-
-    ``min_rollouts_per_prompt`` is the smallest per-prompt share the method can work with: the
-    harness rejects a budget below ``prompts_per_step * min_rollouts_per_prompt``.
-
-    A method that keeps per-prompt statistics sets ``self.stats`` (an
-    ``allocators.stats.PromptStats``) in ``reset``; the default ``observe``, ``state_dict`` and
-    ``load_state_dict`` then record and checkpoint it. Methods with more state extend them.
+    ``reset`` sizes per-prompt state at the start of a run. A method that keeps per-prompt
+    statistics sets ``self.stats`` (an ``allocators.stats.PromptStats``) there; the default
+    ``observe``, ``state_dict`` and ``load_state_dict`` then record and checkpoint it. Methods
+    with more state extend them. ``state_dict`` must hold everything the next steps depend on,
+    except the generator passed to ``reset``, which the driver saves.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[AllocatorConfig]] = AllocatorConfig
-    min_rollouts_per_prompt: ClassVar[int] = 2
-    uses_budget: ClassVar[bool] = True  # False for methods that decide their own spend
+    caps: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: AllocatorConfig | None = None):
-        self.config = config if config is not None else self.Config()
+        self.config: Any = config if config is not None else self.Config()
         self.num_prompts = 0
-        self.stats = None
+        self.stats: Any = None
+        self.rng = np.random.default_rng(0)
+
+    def capabilities(self) -> Capabilities:
+        """What this configured method declares: the class's ``caps``, unless an option changes
+        them (a method overrides this then)."""
+        return self.caps
+
+    def without(self, missing: frozenset[str]) -> str:
+        """The end of the refusal line when the source lacks ``missing``: how to run without."""
+        return ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
@@ -322,30 +397,23 @@ class Allocator:
         self.rng = rng
 
     def step(self, step: Step) -> StepResult:
-        """Run select, allocate-and-sample and build; time the allocator, generation excluded."""
+        """Run the method's step; time the allocator, generation excluded."""
         t0 = time.perf_counter()
         train, info = self.run_step(step)
         solver = time.perf_counter() - t0 - step.source_seconds
         return step.finish(train, max(solver, 0.0), info)
 
     def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
-        groups = step.take_prompts()
-        counts = self.allocate(step, groups)
-        samples = step.sample(groups, counts)
-        return self.build(step, samples), {}
-
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__} must implement allocate or run_step")
-
-    def build(self, step: Step, samples: Samples) -> TrainBatch:
-        raise NotImplementedError(f"{type(self).__name__} must implement build or run_step")
+        """Select, sample and build the training batch of one step; returns it and the step's
+        method-specific numbers."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run_step")
 
     def observe(self, result: StepResult) -> None:
         """Update per-prompt statistics with every reward of the step, trained or not."""
         if self.stats is not None:
             self.stats.observe(result)
 
-    # -- checkpointing (trainer resume) -----------------------------------------------------
+    # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"stats": self.stats.state_dict()} if self.stats is not None else {}
 
@@ -353,9 +421,20 @@ class Allocator:
         if self.stats is not None:
             self.stats.load_state_dict(state["stats"])
 
-    # -- labels -------------------------------------------------------------------------------
-    def label(self) -> str:
-        opts = self.config.options()
-        if not opts:
-            return self.name
-        return self.name + ":" + ":".join(f"{k}={v}" for k, v in sorted(opts.items()))
+
+class StaticAllocator(Allocator):
+    """A method that samples once per step: ``allocate`` gives the rollouts of each of the
+    ``prompts_per_step`` prompts taken from the epoch stream (and per-step info), ``build``
+    the training batch from their samples."""
+
+    def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
+        groups = step.take_prompts()
+        counts, info = self.allocate(step, groups)
+        samples = step.sample(groups, counts)
+        return self.build(step, samples), info
+
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError(f"{type(self).__name__} must implement allocate")
+
+    def build(self, step: Step, samples: Samples) -> TrainBatch:
+        raise NotImplementedError(f"{type(self).__name__} must implement build")

@@ -1,4 +1,4 @@
-"""C-GRPO, conformal early stopping of per-prompt sampling (algorithms.md §6.5; Fayyazi, OpenReview
+"""C-GRPO, conformal early stopping of per-prompt sampling (docs/methods.md#cgrpo; Fayyazi, OpenReview
 ``TrdqzzvFCs``; reference implementation PyPI ``trl-cgrpo`` 0.2.0, ``cgrpo_trainer.py``,
 ``conformal.py``, ``cgrpo_config.py``; TRL issue #7402).
 
@@ -37,7 +37,7 @@ distractors, ``simulator/kernels.py::draw``; the trainer's distinct extracted an
 reward as the answer (correct vs. "wrong"), which makes the set a singleton when the responses
 agree on correctness.
 
-Budget: the method decides its own spend (``uses_budget = False``; 2 to 32 per prompt plus the
+Budget: the method decides its own spend (``spend="own"``; 2 to 32 per prompt plus the
 calibration rounds); the step budget is ignored. The kernels count answers per group and test the
 stopping rule per group; Python loops only over the grid.
 """
@@ -52,7 +52,7 @@ from numba import njit
 
 from allocators._prompts import take_distinct
 from allocators.advantages import group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+from allocators.base import Allocator, AllocatorConfig, Capabilities, Samples, Step, TrainBatch
 
 
 @njit(cache=True)
@@ -136,9 +136,9 @@ def conformal_quantile(scores: np.ndarray, delta: float) -> float:
 
 
 def answers_of(samples: Samples) -> np.ndarray:
-    if samples.answers is not None:
-        return np.asarray(samples.answers, np.int64)
-    return (samples.rewards <= 0.5).astype(np.int64)  # no extracted answers: correct vs. wrong
+    if samples.answers is None:  # validate() refuses such a source before a run starts
+        raise RuntimeError("cgrpo needs the extracted answers of the rollout source")
+    return np.asarray(samples.answers, np.int64)
 
 
 @dataclass
@@ -172,8 +172,7 @@ class CgrpoConfig(AllocatorConfig):
 class Cgrpo(Allocator):
     name = "cgrpo"
     Config = CgrpoConfig
-    min_rollouts_per_prompt = 1
-    uses_budget = False
+    caps = Capabilities(spend="own", min_rollouts_per_prompt=1, needs=frozenset({"answers"}))
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
@@ -246,6 +245,7 @@ class Cgrpo(Allocator):
             drawn = k
             if active.size == 0:
                 break
+            assert self.qhats is not None  # calibrated above
             done = singleton(active, counts, offset, k, self.qhats[b])
             used[active[done] - offset] = k
             active = active[~done]

@@ -1,4 +1,4 @@
-"""CoBA-RL (algorithms.md §3; Yao et al., arXiv 2602.03048): rollouts per prompt from a heap
+"""CoBA-RL (docs/methods.md#coba; Yao et al., arXiv 2602.03048): rollouts per prompt from a heap
 greedy on a Beta-shaped, budget-saturating value, with an exploit-to-explore schedule.
 
 Faithful to ``Within-yao/CoBA-RL`` (``recipe/coba_rl/budget_allocators.py``, ``BetaAllocator``;
@@ -7,7 +7,7 @@ Faithful to ``Within-yao/CoBA-RL`` (``recipe/coba_rl/budget_allocators.py``, ``B
 sum), sliding window 1; B = the step budget (officially train_batch_size × n = 256 × 16). The
 class defaults (n_up = 32, S = 7, window 3) are the preset ``coba@class``.
 
-Estimates (§3.2, ``BaseBudgetAllocator``):
+Estimates (``BaseBudgetAllocator``):
 
 - p̂ of a prompt: Σ successes / Σ rollouts over its last ``sliding_window_size`` visits
   (``update_stats``/``commit_step_stats``); an unseen prompt counts as 0.5. If every prompt of the
@@ -18,7 +18,7 @@ Estimates (§3.2, ``BaseBudgetAllocator``):
   Transform f' = 1/(1 + e^{−10(f − 0.5)}) if f ≤ 0.5, else f; α = clip(1 + (S − 2)·f', 1,
   S − 1), β = S − α; before any step α = S − 2, β = 2.
 
-Allocation (§3.3–3.4, ``BetaAllocator.allocate``), prompts in batch order:
+Allocation (``BetaAllocator.allocate``), prompts in batch order:
 
 1. B < M·n_low: B // M each, +1 to the first B mod M.
 2. Base n_low each; remainder R = B − M·n_low (R = 0: done).
@@ -37,7 +37,7 @@ Allocation (§3.3–3.4, ``BetaAllocator.allocate``), prompts in batch order:
    top-up pass over the group's prompts still below n_up, capped. What a group cannot take passes
    to the next. B is spent exactly unless the caps stop it (then less; as officially).
 
-Advantages (§3.5): standard GRPO over the variable-size groups, A = (r − mean)/(std + 1e-6),
+Advantages: standard GRPO over the variable-size groups, A = (r − mean)/(std + 1e-6),
 unbiased std; every sample trains. Statistics take every reward of the step.
 
 Options: ``q4="faithful"`` (official) | ``"fixed"``: each group's weighted shares come from the
@@ -59,8 +59,16 @@ import numpy as np
 from numba import njit
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import (Allocator, AllocatorConfig, Samples, Step, StepResult, TrainBatch,
-                             even_split)
+from allocators.base import (
+    AllocatorConfig,
+    Capabilities,
+    Samples,
+    StaticAllocator,
+    Step,
+    StepResult,
+    TrainBatch,
+    even_split,
+)
 from allocators.solvers import coba_problem, solve
 from allocators.stats import PromptStats
 
@@ -181,11 +189,11 @@ def transform_failure_rate(f: float) -> float:
     return f
 
 
-class Coba(Allocator):
+class Coba(StaticAllocator):
     name = "coba"
     Config = CobaConfig
-    min_rollouts_per_prompt = 2
-    presets = {"class": {"n_up": 32, "beta_params_sum": 7.0, "sliding_window_size": 3}}
+    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2, presets={
+        "class": {"n_up": 32, "beta_params_sum": 7.0, "sliding_window_size": 3}})
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
@@ -264,14 +272,8 @@ class Coba(Allocator):
         return int(weighted_leftover(out, group, p, left, c.n_up, float(c.weight_alpha),
                                      c.q4 == "fixed"))
 
-    def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
-        groups = step.take_prompts()
-        counts, info = self.budgets(self.success_rates(step.prompt_ids[groups]), step.budget)
-        samples = step.sample(groups, counts)
-        return self.build(step, samples), info
-
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
-        return self.budgets(self.success_rates(step.prompt_ids[groups]), step.budget)[0]
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
+        return self.budgets(self.success_rates(step.prompt_ids[groups]), step.budget)
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
         adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS)

@@ -1,11 +1,11 @@
-"""CROPI: curriculum prompt selection by off-policy influence (algorithms.md §5).
+"""CROPI: curriculum prompt selection by off-policy influence (docs/methods.md#cropi).
 
 CROPI does not split rollouts: it chooses which prompts train in each stage, then runs uniform GRPO
-on them. Read against §5.2 (influence score) and §5.3 (stages); official code
+on them. Read against docs/methods.md#cropi (influence score) and docs/methods.md#cropi (stages); official code
 ``thu-coai/CROPI`` ``cropi/core/get_grad.py``, ``compute_inf_score.py``, ``select.py``,
 ``cropi/utils/rl_utils.py::grpo_loss``, ``cropi/scripts/run_cropi.sh``.
 
-**Offline rollouts (§5.2).** Generated once, by the initial policy, in the run's first step:
+**Offline rollouts.** Generated once, by the initial policy, in the run's first step:
 ``n_offline`` = 8 per training prompt for every prompt of the pool, ``n_offline_val`` = 32 per
 validation prompt. They are reused unchanged at every stage (``prepare_rollout_jsonls``).
 *Cost:* the training-prompt rollouts go through ``Step.sample`` in step 0, so the run's
@@ -17,7 +17,7 @@ validation (test) prompts, which a ``Step`` cannot sample; they are generated th
 ``GradientSource`` and reported in step 0's ``info`` (``offline_validation_rollouts``), not in the
 rollout count (about a quarter of the training-prompt cost on ``cropi-math``).
 
-**Per-prompt gradient (§5.2).** At the current policy θ_t, for prompt x with offline samples
+**Per-prompt gradient.** At the current policy θ_t, for prompt x with offline samples
 y_1..y_n, rewards r_j and behaviour log-probabilities log π_β(y_j):
 A_j = (r_j − mean r)/(std r + 1e-4) (unbiased std), ρ_j = π_θt(y_j)/π_β(y_j), unclipped
 (``--cancel_ppo_clip``), no KL term; loss −(1/n)Σ_j ρ_j·A_j (per-token mean inside a response;
@@ -25,21 +25,21 @@ one micro-batch per prompt). The gradient of that loss w.r.t. the policy's param
 the learner through the ``GradientSource`` protocol below: the simulator implements it with a
 Numba kernel (``simulator.kernels.offpolicy_grpo_gradients``), a trainer would with autograd. At
 stage 0 θ_t = π_β, ρ ≡ 1: the ordinary GRPO gradient. A prompt whose offline rewards are all
-equal has A ≡ 0, a zero gradient, and drops out: it is never scored or selected (§5.2).
+equal has A ≡ 0, a zero gradient, and drops out: it is never scored or selected.
 
-**Projection (§5.2).** ``allocators.projection.SparseRandomProjection``: ``sparsity`` × d random
+**Projection.** ``allocators.projection.SparseRandomProjection``: ``sparsity`` × d random
 coordinates (seed ``proj_seed``), then a dense Gaussian (official ``trak_norm``) or Rademacher
 projection to ``proj_dim``; ``projection=identity`` keeps the coordinates unprojected, and
 ``projection=identity:sparsity=1`` is the exact, unprojected score.
 
-**Targets and score (§5.2).** Per validation set v (the source's named subsets of the test
+**Targets and score.** Per validation set v (the source's named subsets of the test
 prompts), the target ḡ_v is the mean projected gradient of at most ``max_valid`` = 100 of the
 set's prompts with a non-zero gradient, chosen by a permutation with seed 0 (fixed across
 stages, as ``compute_inf_score.py``'s ``torch.manual_seed(0)``). The score is the cosine
 s_v(x) = cos(P g(x), ḡ_v). A set whose prompts all have zero gradients has no target and is
 skipped (the official code warns and continues).
 
-**Selection (§5.2, ``select.py``).** K = ⌊ratio × pool⌋ with pool the whole training set
+**Selection (``select.py``).** K = ⌊ratio × pool⌋ with pool the whole training set
 (``int(num_raw * select_ratio)``), candidates the prompts with a non-zero gradient.
 ``score=inf_valid_uniform`` (default, ``run_cropi.sh``): per validation set the top K candidates
 by s_v (stable sort: ties in candidate order), fused score Σ_v 1/rank_v(x) over the sets whose
@@ -52,11 +52,11 @@ what the official ``select.py`` does (it reseeds with seed 0 at every call); and
 official ``difficulty_random``, which isolates the effect of dropping zero-variance prompts). When
 there are fewer candidates than K, all of them are kept.
 
-**Stages (§5.3).** Every ``stage_steps`` steps (``RL_TOTAL_TRAINING_STEPS`` = 10) the policy's
+**Stages.** Every ``stage_steps`` steps (``RL_TOTAL_TRAINING_STEPS`` = 10) the policy's
 current θ_t re-scores the pool from the same offline rollouts and a new subset is selected;
 ``stages`` = 0 re-selects until the run ends, ``stages`` = S stops after S selections and keeps
 training on the last subset (the official script runs ``NUM_RL_ROUNDS`` = 2 rounds, likely a
-demo value, §8.3). Inside a stage: uniform GRPO as ``allocators/uniform.py`` (n = budget //
+demo value, docs/methods.md). Inside a stage: uniform GRPO as ``allocators/uniform.py`` (n = budget //
 prompts_per_step, ``even_split``; A = (r − mean)/(std + 1e-6) via ``group_normalized``) on
 batches drawn from an epoch-shuffled ``PromptStream`` over the subset, a fresh stream per stage
 (verl restarts with a new dataloader each round). A subset smaller than a batch trains whole each
@@ -68,14 +68,22 @@ so it keeps no ``PromptStats``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import (Allocator, AllocatorConfig, PromptStream, Samples, Step, TrainBatch,
-                             even_split)
+from allocators.base import (
+    Allocator,
+    AllocatorConfig,
+    Capabilities,
+    PromptStream,
+    Samples,
+    Step,
+    TrainBatch,
+    even_split,
+)
 from allocators.projection import ProjectionKind, SparseRandomProjection, sparse_dim_for
 
 CROPI_ADV_EPS = 1e-4  # get_grad.py / grpo_loss: A = (r − mean) / (std + 1e-4)
@@ -122,7 +130,7 @@ class GradientSource(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# Scores and selection (pure functions: the tests and bench/cropi_precision.py use them)
+# Scores and selection (pure functions: the tests and scripts/cropi_precision.py use them)
 # --------------------------------------------------------------------------------------------
 def cosine_scores(train: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """cos(train_i, target_v) for every row i and target v: an (n, V) matrix. Rows of ``train``
@@ -168,10 +176,9 @@ def precision_at(selected: np.ndarray, reference: np.ndarray) -> float:
     return float(np.intersect1d(selected, reference).size / reference.size)
 
 
-def _take(samples: Samples, index: np.ndarray) -> Samples:
-    extra = None if samples.extra is None else [samples.extra[i] for i in index]
-    return Samples(samples.prompt_ids[index], samples.rewards[index], samples.lengths[index],
-                   None, None if samples.answers is None else samples.answers[index], extra)
+def _by_prompt(prompts: int, per_prompt: int) -> np.ndarray:
+    """The group of each of ``per_prompt`` samples of every prompt, in prompt order."""
+    return np.repeat(np.arange(prompts, dtype=np.int64), per_prompt)
 
 
 def _take_behaviour(behaviour, index: np.ndarray):
@@ -215,12 +222,16 @@ class CropiConfig(AllocatorConfig):
 class Cropi(Allocator):
     name = "cropi"
     Config = CropiConfig
-    min_rollouts_per_prompt = 2
-    uses_budget = False  # step 0 adds the offline rollouts to the budget (module docstring)
+    # step 0 adds the offline rollouts to the budget (module docstring): its own spend
+    caps = Capabilities(spend="own", min_rollouts_per_prompt=2)
 
-    def __init__(self, config: CropiConfig | None = None):
-        super().__init__(config)
-        self.gradients: GradientSource | None = None
+    def capabilities(self) -> Capabilities:
+        if self.needs_gradients:
+            return replace(self.caps, needs=frozenset({"gradients"}))
+        return self.caps
+
+    def without(self, missing: frozenset[str]) -> str:
+        return "; use cropi:score=random or cropi:score=difficulty_random"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
@@ -232,17 +243,24 @@ class Cropi(Allocator):
         self.subset: np.ndarray | None = None
         self.stream: PromptStream | None = None
         self.projector: SparseRandomProjection | None = None
+        self.gradients: GradientSource | None = None  # the step's source (``needs_gradients``)
         # offline rollouts of the training pool (n_offline per prompt, prompt order)
         self.offline: Samples | None = None
-        self.offline_behaviour = None
+        self.offline_behaviour: Any = None   # per sample, or per token (whatever log_probs gives)
         self.offline_successes: np.ndarray | None = None
         # validation sets: name -> (prompt ids, samples, counts, behaviour)
         self.valid: dict[str, tuple] = {}
 
-    def bind_source(self, source) -> None:
-        """Called by the driver with its rollout source; CROPI's influence scores need the
-        ``GradientSource`` capability (``score=random`` and ``difficulty_random`` do not)."""
-        self.gradients = source if isinstance(source, GradientSource) else None
+    def grads(self) -> GradientSource:
+        """The step's source as a ``GradientSource`` (bound at the start of every step)."""
+        if self.gradients is None:
+            raise RuntimeError("cropi's influence score runs before its first step")
+        return self.gradients
+
+    def _offline(self) -> Samples:
+        if self.offline is None:
+            raise RuntimeError("cropi has no offline rollouts yet")
+        return self.offline
 
     @property
     def needs_offline(self) -> bool:
@@ -257,6 +275,8 @@ class Cropi(Allocator):
         c = self.config
         info: dict = {}
         pool_in_batch = False
+        if self.needs_gradients:  # declared in capabilities(); validate() checked the source
+            self.gradients = cast(GradientSource, step.source)
         if self.subset is None or (self.in_stage >= c.stage_steps
                                    and (c.stages == 0 or self.selections < c.stages)):
             if self.needs_offline and self.offline is None:
@@ -268,6 +288,7 @@ class Cropi(Allocator):
             self.in_stage = 0
             info.update(stage=self.selections, subset=int(self.subset.size))
         m = min(step.prompts_per_step, self.subset.size)
+        assert self.stream is not None
         ids = self.subset[self.stream.take(m)]
         # step 0 holds the whole pool as groups 0..N-1 (group = prompt id): train in those groups
         groups = ids if pool_in_batch else step.add_prompts(ids)
@@ -279,25 +300,20 @@ class Cropi(Allocator):
         index = np.arange(start, start + len(part), dtype=np.int64)
         return TrainBatch(index, adv, np.ones(index.size)), info
 
-    # -- offline rollouts (§5.2) -------------------------------------------------------------
+    # -- offline rollouts -------------------------------------------------------------
     def _generate_offline(self, step: Step, info: dict) -> None:
         c = self.config
-        if self.needs_gradients and self.gradients is None:
-            raise RuntimeError(
-                f"cropi:score={c.score} needs per-prompt gradients, but the rollout source does "
-                "not provide them (no GradientSource bound with bind_source); use "
-                "score=random or score=difficulty_random with this source")
         n = self.num_prompts
         groups = step.add_prompts(np.arange(n, dtype=np.int64))
         counts = np.full(n, c.n_offline, np.int64)
         off = step.sample(groups, counts)
-        self.offline = Samples(off.prompt_ids, off.rewards, off.lengths, None, off.answers,
-                               off.extra)
+        self.offline = Samples(off.prompt_ids, _by_prompt(n, c.n_offline), off.rewards,
+                               off.lengths, off.answers, off.tokens)
         self.offline_successes = (off.rewards > 0.5).reshape(n, c.n_offline).sum(axis=1)
         info["offline_rollouts"] = int(counts.sum())
         if not self.needs_gradients:
             return
-        g = self.gradients
+        g = self.grads()
         self.offline_behaviour = g.log_probs(self.offline, counts, "train")
         val_rollouts = 0
         for name, vids in g.validation_sets().items():
@@ -312,14 +328,15 @@ class Cropi(Allocator):
     def informative(self) -> np.ndarray:
         """Prompts whose offline rewards are not all equal (the only ones CROPI can select)."""
         s = self.offline_successes
+        assert s is not None, "no offline rollouts yet"
         return (s > 0) & (s < self.config.n_offline)
 
-    # -- scores (§5.2) -------------------------------------------------------------------------
-    def make_projector(self, kind: str | None = None, sparsity: float | None = None,
+    # -- scores -------------------------------------------------------------------------
+    def make_projector(self, kind: ProjectionKind | None = None, sparsity: float | None = None,
                        proj_dim: int | None = None, seed: int | None = None
                        ) -> SparseRandomProjection:
         c = self.config
-        dim = self.gradients.grad_dim
+        dim = self.grads().grad_dim
         return SparseRandomProjection(
             dim, sparse_dim_for(dim, c.sparsity if sparsity is None else sparsity),
             c.proj_dim if proj_dim is None else proj_dim, kind or c.projection,
@@ -330,13 +347,13 @@ class Cropi(Allocator):
         """Projected (or, with ``projector=None``, full) off-policy gradients of training
         ``prompts`` at the current policy, computed ``_CHUNK`` prompts at a time."""
         n_off = self.config.n_offline
-        width = self.gradients.grad_dim if projector is None else projector.out_dim
+        width = self.grads().grad_dim if projector is None else projector.out_dim
         out = np.empty((prompts.size, width))
         for lo in range(0, prompts.size, _CHUNK):
             chunk = prompts[lo:lo + _CHUNK]
             rows = (chunk[:, None] * n_off + np.arange(n_off)).ravel()
-            g = self.gradients.prompt_gradients(
-                _take(self.offline, rows), np.full(chunk.size, n_off, np.int64),
+            g = self.grads().prompt_gradients(
+                self._offline().take(rows), np.full(chunk.size, n_off, np.int64),
                 _take_behaviour(self.offline_behaviour, rows), "train", self.config.adv_eps)
             out[lo:lo + chunk.size] = g if projector is None else projector(g)
         return out
@@ -345,8 +362,8 @@ class Cropi(Allocator):
         """Full gradients of the (at most ``max_valid``) validation prompts of each set that
         enter its target: non-zero rows, subset by a seed-0 permutation."""
         out = {}
-        for name, (vids, vs, vcounts, beh) in self.valid.items():
-            g = self.gradients.prompt_gradients(vs, vcounts, beh, "validation",
+        for name, (_vids, vs, vcounts, beh) in self.valid.items():
+            g = self.grads().prompt_gradients(vs, vcounts, beh, "validation",
                                                 self.config.adv_eps)
             g = g[np.any(g != 0.0, axis=1)]
             if self.config.max_valid and g.shape[0] > self.config.max_valid:
@@ -371,7 +388,7 @@ class Cropi(Allocator):
                    else np.zeros((0, proj.out_dim)))
         return cand, cosine_scores(train, targets), names
 
-    # -- selection (§5.2, select.py) ---------------------------------------------------------
+    # -- selection (select.py) ---------------------------------------------------------
     def _select(self, info: dict) -> np.ndarray:
         c = self.config
         if c.score == "random":
@@ -408,13 +425,13 @@ class Cropi(Allocator):
             "stream": None if self.stream is None else self.stream.state_dict(),
             "offline": None if off is None else {
                 "prompt_ids": arr(off.prompt_ids), "rewards": arr(off.rewards),
-                "lengths": arr(off.lengths), "extra": off.extra,
+                "lengths": arr(off.lengths), "tokens": off.tokens,
                 "behaviour": (arr(self.offline_behaviour)
                               if isinstance(self.offline_behaviour, np.ndarray)
                               else self.offline_behaviour)},
             "valid": {name: {"ids": arr(v[0]), "rewards": arr(v[1].rewards),
                              "prompt_ids": arr(v[1].prompt_ids), "lengths": arr(v[1].lengths),
-                             "extra": v[1].extra, "counts": arr(v[2]),
+                             "tokens": v[1].tokens, "counts": arr(v[2]),
                              "behaviour": arr(v[3]) if isinstance(v[3], np.ndarray) else v[3]}
                       for name, v in self.valid.items()},
         }
@@ -425,22 +442,27 @@ class Cropi(Allocator):
         self.subset = None if state["subset"] is None else np.asarray(state["subset"], np.int64)
         self.stream = None
         if state["stream"] is not None:
+            assert self.subset is not None
             self.stream = PromptStream(self.subset.size, self.rng)
             self.stream.load_state_dict(state["stream"])
         off = state["offline"]
         if off is not None:
             self.offline = Samples(np.asarray(off["prompt_ids"], np.int64),
+                                   _by_prompt(self.num_prompts, self.config.n_offline),
                                    np.asarray(off["rewards"], np.float64),
-                                   np.asarray(off["lengths"], np.int64), extra=off["extra"])
+                                   np.asarray(off["lengths"], np.int64), tokens=off["tokens"])
             b = off["behaviour"]
             self.offline_behaviour = None if b is None else (
-                np.asarray(b, np.float64) if off["extra"] is None else b)
+                np.asarray(b, np.float64) if off["tokens"] is None else b)
             self.offline_successes = (self.offline.rewards > 0.5).reshape(
                 -1, self.config.n_offline).sum(axis=1)
         self.valid = {}
         for name, v in state["valid"].items():
-            vs = Samples(np.asarray(v["prompt_ids"], np.int64), np.asarray(v["rewards"]),
-                         np.asarray(v["lengths"], np.int64), extra=v["extra"])
-            beh = np.asarray(v["behaviour"], np.float64) if v["extra"] is None else v["behaviour"]
+            vcounts = np.asarray(v["counts"], np.int64)
+            vs = Samples(np.asarray(v["prompt_ids"], np.int64),
+                         np.repeat(np.arange(vcounts.size, dtype=np.int64), vcounts),
+                         np.asarray(v["rewards"]), np.asarray(v["lengths"], np.int64),
+                         tokens=v["tokens"])
+            beh = np.asarray(v["behaviour"], np.float64) if v["tokens"] is None else v["behaviour"]
             self.valid[name] = (np.asarray(v["ids"], np.int64), vs,
                                 np.asarray(v["counts"], np.int64), beh)

@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling (algorithms.md §6.2; Yu et al. 2025, arXiv 2503.14476): over-sample
+"""DAPO dynamic sampling (docs/methods.md#dapo; Yu et al. 2025, arXiv 2503.14476): over-sample
 prompts, drop the groups whose rewards are all equal, refill until the training batch is full.
 
 Faithful to verl's ``recipe/dapo/dapo_ray_trainer.py`` (``algorithm.filter_groups``, the
@@ -14,11 +14,11 @@ run script ``run_dapo_qwen2.5_32b.sh``:
 4. the training batch is the first ``prompts_per_step`` kept groups (verl ``batch[:traj_bsz]``),
    surplus kept groups are discarded; advantage: verl's GRPO, A = (r − mean)/(std + 1e-6).
 
-Choices (§8 leaves over-sampling factor and refill limit open): the script's 3× and 10 batches
+Choices (docs/methods.md leaves over-sampling factor and refill limit open): the script's 3× and 10 batches
 are the defaults. When the limit is reached with too few kept groups, verl raises an error
 ("Generated too many"); here the step trains on the groups it has (possibly none) and reports
 ``short`` in its info. Budget: the group size n is ``group_size``, or budget // prompts_per_step
-when 0 (at least 2); the step decides its own spend (``uses_budget = False``): each generation
+when 0 (at least 2); the step decides its own spend (``spend="own"``): each generation
 batch costs gen_batch_factor × budget, and every response generated counts in the cost.
 Prompts are taken from the epoch stream (the refills consume it faster, as in verl); a batch
 never holds the same prompt twice (``take_distinct``).
@@ -33,7 +33,7 @@ from numba import njit
 
 from allocators._prompts import take_distinct
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Step, TrainBatch
+from allocators.base import Allocator, AllocatorConfig, Capabilities, Step, TrainBatch
 
 
 @njit(cache=True)
@@ -86,9 +86,9 @@ class DapoConfig(AllocatorConfig):
 class Dapo(Allocator):
     name = "dapo"
     Config = DapoConfig
-    min_rollouts_per_prompt = 2
-    uses_budget = False
-    presets = {"lean": {"gen_batch_factor": 1.0}}  # verl's default gen_batch_size = train batch
+    # verl's default gen_batch_size is the training batch: the "lean" preset
+    caps = Capabilities(spend="own", min_rollouts_per_prompt=2,
+                        presets={"lean": {"gen_batch_factor": 1.0}})
 
     def group_size(self, step: Step) -> int:
         n = self.config.group_size

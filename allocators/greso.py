@@ -1,4 +1,4 @@
-"""GRESO (algorithms.md §6.3; Zheng et al. 2025, "Act Only When It Pays", arXiv 2506.02177):
+"""GRESO (docs/methods.md#greso; Zheng et al. 2025, "Act Only When It Pays", arXiv 2506.02177):
 pre-rollout probabilistic skipping of prompts that were zero-variance at their latest visits, on
 top of DAPO-style dynamic sampling.
 
@@ -34,7 +34,7 @@ last-round rule ends the loop in practice); streaks count at most ``history`` vi
 ``PromptStats`` visit window; with p ≤ 0.95 the skip probability differs from the unbounded count
 by less than 0.04 past 64 visits). Advantage: verl's GRPO, A = (r − mean)/(std + 1e-6). The group
 size n is ``group_size``, or budget // prompts_per_step when 0 (at least 2); the step decides its
-own spend (``uses_budget = False``) and every response generated counts in the cost.
+own spend (``spend="own"``) and every response generated counts in the cost.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from allocators._prompts import take_distinct
-from allocators.base import Allocator, AllocatorConfig, Step, TrainBatch
+from allocators.base import Allocator, AllocatorConfig, Capabilities, Step, TrainBatch
 from allocators.dapo import mixed_groups, train_kept_groups
 from allocators.stats import PromptStats
 
@@ -64,7 +64,7 @@ def streaks(ids, win_n, win_s, win_pos, win_fill):
         k_hard = 0
         easy_open = True
         hard_open = True
-        for t in range(win_fill[i]):
+        for _t in range(win_fill[i]):
             pos = pos - 1 if pos > 0 else cap - 1
             n = win_n[i, pos]
             s = win_s[i, pos]
@@ -149,8 +149,7 @@ class GresoConfig(AllocatorConfig):
 class Greso(Allocator):
     name = "greso"
     Config = GresoConfig
-    min_rollouts_per_prompt = 2
-    uses_budget = False
+    caps = Capabilities(spend="own", min_rollouts_per_prompt=2)
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)

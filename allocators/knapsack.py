@@ -1,4 +1,4 @@
-"""Knapsack RL (algorithms.md §2; Li et al., arXiv 2509.25849): rollouts per prompt from a
+"""Knapsack RL (docs/methods.md#knapsack; Li et al., arXiv 2509.25849): rollouts per prompt from a
 knapsack over the prompts' estimated success rates.
 
 Faithful to ``liziniu/KnapsackRL`` (``verl/trainer/ppo/exploration_utils.py``,
@@ -10,14 +10,14 @@ negative_n = positive_n = 2, and the signature defaults α = 0.9, cost estimatio
 
 Per step, over the batch's prompts in batch order:
 
-1. **State** (§2.2, ``update_sample_state``/``get_sample_state``): [valid, p̂, count]. p̂ is the
+1. **State** (``update_sample_state``/``get_sample_state``): [valid, p̂, count]. p̂ is the
    mean of the latest visit's rewards if that visit had ≥ ``reward_buffer_length`` = 16 rewards,
    else the mean of the 16 most recent rewards across visits (``epoch_estimation`` and
    ``robust_epoch_estimation`` on, the script's setting; ``epoch_estimation=False``: always the
    last 16; robust off: always the latest visit). valid = count ≥ ``min_buffer_length`` = 8.
    Unseen prompts are [0, 0, 0]. The official arrays hold p̂ in float32; so do we (the DP's values
    and the cost floors see the float32 p̂).
-2. **Base allocation** (§2.4): valid with 0 < p̂ < 1 → ``min_n`` (the "effective" prompts E);
+2. **Base allocation**: valid with 0 < p̂ < 1 → ``min_n`` (the "effective" prompts E);
    valid p̂ = 0 → ``negative_n``; valid p̂ = 1 → ``positive_n``; invalid → ``n``. The residual is
    W = B − Σ base, B the step budget (``step.budget``).
 3. **No effective prompt** and W > 0: W is split evenly over the p̂ = 0 prompts; if there are none,
@@ -26,11 +26,11 @@ Per step, over the batch's prompts in batch order:
    ≈ the N with PNZ ≥ α; 229.1 at p̂ = 0.01) or 1/(p̂(1 − p̂)) − 1 ("expectation"), stored in
    float32; C = Σ_E ⌊min(max_n, c_i)⌋. If C < W, W − C is split evenly over the p̂ = 0 prompts
    (else over every non-effective prompt) and the knapsack gets capacity C.
-5. **Knapsack** (§2.5) over E: k_i extra rollouts in [0, max_n − min_n], Σ k_i = capacity, value
+5. **Knapsack** (docs/methods.md#solvers) over E: k_i extra rollouts in [0, max_n − min_n], Σ k_i = capacity, value
    v_i(k) = (1 − p̂^N − (1 − p̂)^N)·p̂(1 − p̂)², N = min_n + k, and v_i(0) = 0 (quirk Q1).
    Capacity it cannot place (more than |E|·(max_n − min_n)) is split evenly over E, **ignoring
    max_n** (quirk Q2). Σ N_i = B exactly.
-6. **Advantages** (§2.6): verl GRPO over the variable-size groups, A = (r − mean)/(std + 1e-6),
+6. **Advantages**: verl GRPO over the variable-size groups, A = (r − mean)/(std + 1e-6),
    unbiased std, clipped to ±``adv_clip`` = 5; every sample trains.
 
 Even splits give the +1 remainders to the first prompts in batch order, as the official loops do.
@@ -43,7 +43,7 @@ DP's optimum (proved there, checked against brute force and the DP in tests); on
 several equally valued prompts (identical p̂, common since p̂ ∈ {j/16}) gets a rollout can
 differ. ``greedy`` is the heap greedy.
 
-Quirks (algorithms.md, faithful-mode table), faithful by default, clean variants as options:
+Quirks, faithful by default, clean variants as options:
 
 - Q1 ``k0_value="zero"`` (official) | ``"natural"``: v_i(0) = V(min_n, p̂_i), i.e. maximise
   Σ V(N_i, p̂_i).
@@ -74,7 +74,15 @@ from typing import Literal
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, clip, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch, even_split
+from allocators.base import (
+    AllocatorConfig,
+    Capabilities,
+    Samples,
+    StaticAllocator,
+    Step,
+    TrainBatch,
+    even_split,
+)
 from allocators.solvers import knapsack_problem, solve
 from allocators.stats import PromptStats
 
@@ -111,10 +119,10 @@ class KnapsackConfig(AllocatorConfig):
             raise ValueError("adv_clip must be >= 0 (0 disables the clip)")
 
 
-class Knapsack(Allocator):
+class Knapsack(StaticAllocator):
     name = "knapsack"
     Config = KnapsackConfig
-    min_rollouts_per_prompt = 2
+    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2)
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
@@ -200,18 +208,12 @@ class Knapsack(Allocator):
                     out[eff] += even_split(rest, n_eff)
         return out, info
 
-    def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
-        groups = step.take_prompts()
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
         valid, p = self.state(step.prompt_ids[groups])
         counts, info = self.budgets(valid, p, step.budget)
         info["max_budget"] = int(counts.max()) if counts.size else 0
         info["min_budget"] = int(counts.min()) if counts.size else 0
-        samples = step.sample(groups, counts)
-        return self.build(step, samples), info
-
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
-        valid, p = self.state(step.prompt_ids[groups])
-        return self.budgets(valid, p, step.budget)[0]
+        return counts, info
 
     # -- 6. advantages -----------------------------------------------------------------------
     def build(self, step: Step, samples: Samples) -> TrainBatch:
@@ -222,5 +224,5 @@ class Knapsack(Allocator):
 
 
 def probability_cost(p: float, alpha: float = 0.9) -> float:
-    """Knapsack's "probability" cost ln(1 − α)/ln(max(p, 1 − p)) (§2.4), in float64."""
+    """Knapsack's "probability" cost ln(1 − α)/ln(max(p, 1 − p)), in float64."""
     return math.log(1.0 - alpha) / math.log(max(p, 1.0 - p))

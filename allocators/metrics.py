@@ -1,4 +1,4 @@
-"""The metrics of design.md ("Metrics"): one definition, used by the simulator and the trainer.
+"""The metrics (docs/simulator.md#metrics): one definition, used by the simulator and the trainer.
 
 Pure functions of a step's ``GroupCounts`` or of a run's evaluation curve; no plotting, no I/O.
 

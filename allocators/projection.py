@@ -1,4 +1,4 @@
-"""CROPI's sparse random projection of gradients (algorithms.md §5.2, "Dimensionality reduction").
+"""CROPI's sparse random projection of gradients (docs/methods.md#cropi, "Dimensionality reduction").
 
 The official pipeline (``cropi/core/get_grad.py``) flattens a prompt's gradient over every
 trainable parameter, keeps ``sparse_dim`` random coordinates (``torch.randperm(d)[:sparse_dim]``,

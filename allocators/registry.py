@@ -6,8 +6,8 @@ dataclass; booleans accept true/false/1/0/yes/no). Examples: ``uniform``,
 ``knapsack:k0_value=natural``, ``coba@class``.
 
 To add a method: write ``allocators/<method>.py`` with an ``Allocator`` subclass, then add it to
-``METHODS`` below. It then appears in ``bench simulate``, ``bench train`` and the shared contract
-tests.
+``METHODS`` below. It then appears in ``bench simulate``, ``bench train`` and the shared check
+suite (``allocators/testing.py``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class MethodSpec:
 
     def build(self) -> Allocator:
         cls = METHODS[self.name]
-        values = dict(getattr(cls, "presets", {}).get(self.preset, {})) if self.preset else {}
+        values = dict(cls.caps.presets[self.preset]) if self.preset else {}
         values.update(dict(self.options))
         return cls(cls.Config(**values))
 
@@ -111,7 +111,7 @@ def parse_spec(text: str) -> MethodSpec:
     if name not in METHODS:
         raise SpecError(f"unknown method {name!r} (methods: {', '.join(sorted(METHODS))})")
     cls = METHODS[name]
-    presets = getattr(cls, "presets", {})
+    presets = cls.caps.presets
     if preset and preset not in presets:
         raise SpecError(f"method {name!r} has no preset {preset!r} "
                         f"(presets: {', '.join(presets) or 'none'})")

@@ -1,4 +1,4 @@
-"""Reinforce-Ada-Est (algorithms.md §4.2; Reinforce-Ada paper v3, arXiv 2510.04996): one round of
+"""Reinforce-Ada-Est (docs/methods.md#ada-est; Reinforce-Ada paper v3, arXiv 2510.04996): one round of
 sampling with per-prompt budgets ∝ 1/√p̂ from EMA success counts under a Beta prior.
 
 Faithful to the co-author's code, ``BaohaoLiao/Reinforce-Ada`` ``verl/trainer/ppo/ray_trainer_ema.py``
@@ -20,7 +20,7 @@ Faithful to the co-author's code, ``BaohaoLiao/Reinforce-Ada`` ``verl/trainer/pp
   part, repeated); overflow that fits nowhere is dropped (the code's warning);
 - every response trains (no down-sampling).
 
-Advantage (§8 item 4, settled by reading ``core_algos.py``): the returned weights enter only on the
+Advantage (docs/methods.md item 4, settled by reading ``core_algos.py``): the returned weights enter only on the
 ``norm_adv_by_std_in_grpo=False`` branch, as A = w·(r − mean). The release script runs with
 ``norm_adv_by_std_in_grpo=True`` and ``global_stat_est=False``, so the weights never reach the
 loss: A = (r − mean)/(std + 1e-6) per prompt, verl's GRPO (a group of one: mean 0, std 1).
@@ -31,14 +31,21 @@ Since all responses train, the pool mean and the group mean coincide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from numba import njit
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+from allocators.base import (
+    AllocatorConfig,
+    Capabilities,
+    Samples,
+    StaticAllocator,
+    Step,
+    TrainBatch,
+)
 from allocators.stats import PromptStats
 
 P_FLOOR = 1e-6  # the code's max(p̂, 1e-6)
@@ -132,41 +139,41 @@ class ReinforceAdaEstConfig(AllocatorConfig):
             raise ValueError("need ema_decay in [0, 1] and a positive Beta prior")
 
 
-class ReinforceAdaEst(Allocator):
+class ReinforceAdaEst(StaticAllocator):
     name = "ada-est"
     Config = ReinforceAdaEstConfig
-    min_rollouts_per_prompt = 1
+    caps = Capabilities(spend="budget", min_rollouts_per_prompt=1)
 
-    def __init__(self, config: ReinforceAdaEstConfig | None = None):
-        super().__init__(config)
-        if self.config.total_factor != 1:
-            self.uses_budget = False  # the docstring's 2x spends twice the step budget
+    def capabilities(self) -> Capabilities:
+        if self.config.total_factor != 1:  # the docstring's 2x spends twice the step budget
+            return replace(self.caps, spend="own")
+        return self.caps
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
         self.stats = PromptStats(num_prompts, reward_buffer=0, visit_window=0,
                                  ema_decay=self.config.ema_decay)
-        self._w = np.zeros(0)
 
     def weights(self, prompt_ids: np.ndarray) -> np.ndarray:
         c = self.config
         p_hat = self.stats.ema(prompt_ids, c.prior_alpha, c.prior_beta)
         return 1.0 / np.sqrt(np.maximum(p_hat, P_FLOOR))
 
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
         c = self.config
         m = groups.size
         per_prompt = c.round_repeat if c.round_repeat > 0 else step.budget // m
         total = c.total_factor * per_prompt * m
         if c.round_repeat == 0 and c.total_factor == 1:
             total = step.budget  # the budget exactly, also when it is not a multiple of m
-        self._w = self.weights(step.prompt_ids[groups])
-        return est_allocate(self._w, int(total), c.min_budget, c.max_budget)
+        w = self.weights(step.prompt_ids[groups])
+        return est_allocate(w, int(total), c.min_budget, c.max_budget), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
         if self.config.advantage == "grpo":
             adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, True)
         else:
             adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, False)
-            adv = adv * self._w[samples.group]
+            # the allocation's weights: the statistics do not change before observe
+            adv = adv * self.weights(step.prompt_ids)[samples.group]
         return TrainBatch.all_of(samples, adv)

@@ -1,4 +1,4 @@
-"""Reinforce-Ada-Seq (algorithms.md §4.1; Xiong et al., arXiv 2510.04996): multi-round sampling with
+"""Reinforce-Ada-Seq (docs/methods.md#ada-seq-balance; Xiong et al., arXiv 2510.04996): multi-round sampling with
 an exit rule per prompt, down-sampling to a fixed group of n, and the pool-mean advantage.
 
 Faithful to ``RLHFlow/Reinforce-Ada`` (``verl/trainer/ppo/ray_trainer.py``
@@ -10,7 +10,7 @@ Two registered names, one per exit rule of the paper:
   holds ≥ ⌊n/2⌋ positives **and** ≥ n − ⌊n/2⌋ negatives;
 - ``ada-seq-pos`` (``choice="positive_focused"``): a prompt exits at its first positive.
 
-Per step (§4.1 steps 1–6):
+Per step (docs/methods.md#ada-seq-balance steps 1–6):
 
 1. the step's ``prompts_per_step`` prompts all start active; each round samples ``round_repeat``
    (8) new responses for every active prompt, at most ``max_rounds`` (4) rounds (32 per prompt);
@@ -32,7 +32,7 @@ Per step (§4.1 steps 1–6):
    paper v3 weight 1/p̂ (p̂ = the pool mean, through ``TrainBatch.weights``); the released code
    has no such weight (faithful default False).
 
-Budget. The method decides its own spend (``uses_budget = False``): the step budget is ignored.
+Budget. The method decides its own spend (``spend="own"``): the step budget is ignored.
 A step generates between ``prompts_per_step × round_repeat`` and ``prompts_per_step ×
 round_repeat × max_rounds`` responses (2,048 to 8,192 at 256 prompts) and trains on
 ``prompts_per_step × n`` (1,024). Every generated response is counted in the cost (``Step.sample``
@@ -52,7 +52,7 @@ import numpy as np
 from numba import njit
 
 from allocators.advantages import group_normalized
-from allocators.base import Allocator, AllocatorConfig, Step, TrainBatch
+from allocators.base import Allocator, AllocatorConfig, Capabilities, Step, TrainBatch
 
 STD_EPS = 1e-6  # verl's epsilon: std clamp and denominator
 
@@ -95,7 +95,7 @@ def _fill_short(p, q, a, b, short):
 @njit(cache=True)
 def keep_targets(pos, neg, finished, balanced, n_keep):
     """How many positives and negatives each group keeps: ``downsample_cache`` for groups that met
-    the exit rule, the fallback for unresolved ones (§4.1 steps 4–5)."""
+    the exit rule, the fallback for unresolved ones (docs/methods.md#ada-seq-balance steps 4–5)."""
     m = pos.shape[0]
     tp = np.zeros(m, np.int64)
     tn = np.zeros(m, np.int64)
@@ -198,8 +198,7 @@ class ReinforceAdaSeqPosConfig(ReinforceAdaSeqConfig):
 class ReinforceAdaSeq(Allocator):
     name = "ada-seq-balance"
     Config = ReinforceAdaSeqConfig
-    min_rollouts_per_prompt = 1
-    uses_budget = False
+    caps = Capabilities(spend="own", min_rollouts_per_prompt=1)
 
     def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
         c = self.config

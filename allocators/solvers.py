@@ -1,4 +1,4 @@
-"""Solvers for the allocation problem Knapsack RL and CoBA-RL share (algorithms.md §2.5, §3.4).
+"""Solvers for the allocation problem Knapsack RL and CoBA-RL share (docs/methods.md#solvers).
 
 Both methods solve, over the prompts i of one group ("effective" prompts for Knapsack RL, the
 exploration set for CoBA-RL)::
@@ -11,8 +11,8 @@ v_i(k) = V(N0 + k, p_i) a per-prompt value:
 
 | family               | V(N, p)                                                | source          |
 |----------------------|--------------------------------------------------------|-----------------|
-| ``KNAPSACK``         | (1 − p^N − (1 − p)^N) · p (1 − p)²                      | §2.3            |
-| ``COBA``             | (1 − exp(−N · p̃(1 − p̃)/τ)) · BetaPDF(p̃; α, β), p̃ clipped | §3.3          |
+| ``KNAPSACK``         | (1 − p^N − (1 − p)^N) · p (1 − p)²                      | docs/methods.md#knapsack            |
+| ``COBA``             | (1 − exp(−N · p̃(1 − p̃)/τ)) · BetaPDF(p̃; α, β), p̃ clipped | docs/methods.md#coba          |
 
 With Knapsack's quirk Q1 (``zero_k0``), v_i(0) = 0 instead of V(N0, p_i). If W exceeds n·K, every
 prompt gets K and W − n·K stays unplaced (the callers decide where it goes: Knapsack's Q2).
@@ -34,7 +34,7 @@ Solvers, all Numba-compiled, behind ``solve(problem, budget, method)``:
              while k < K; stop when W is spent or the heap is empty. O(W log n).
 ``fast``     our exact threshold solver for concave values (below). O(n) passes.
 
-Why a greedy or a threshold is exact (derived, §2.5, §3.3): the increments of both families,
+Why a greedy or a threshold is exact (derived, docs/methods.md#solvers): the increments of both families,
 g(N → N+1) = p q² · (p^N q + q^N p) and BetaPDF · e^{−N a}(1 − e^{−a}) with a = p̃(1−p̃)/τ, fall
 with N, and under Q1 the first increment v(1) − 0 = V(N0 + 1) still exceeds the second for
 N0 ≥ 1, so every v_i is concave in k. For separable concave objectives under Σ k = W and box
@@ -831,7 +831,7 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
     c = 0
     for j in range(nl):          # idx is in prompt order: ties go to the smaller index
         i = idx[j]
-        for k in range(n_hi[i] + 1, n_lo[i] + 1):
+        for _k in range(n_hi[i] + 1, n_lo[i] + 1):
             g = cg[c]
             c += 1
             if g > t_val:

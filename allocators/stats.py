@@ -1,14 +1,14 @@
 """Per-prompt reward statistics: the one place every method reads its estimates from.
 
 ``PromptStats`` records every reward a prompt has received (trained or not) and serves the
-estimators the methods of algorithms.md use:
+estimators the methods use (docs/methods.md#per-prompt-statistics):
 
 | estimator                | used by                          | method                    |
 |--------------------------|----------------------------------|---------------------------|
-| last visit               | Knapsack RL (§2.2, robust mode)  | ``last_visit``            |
-| last k rewards           | Knapsack RL (§2.2, window 16)    | ``last_k``                |
-| sliding window of visits | CoBA-RL (§3.2, window W visits)  | ``window``                |
-| EMA counts + Beta prior  | Reinforce-Ada-Est (§4.2)         | ``ema``                   |
+| last visit               | Knapsack RL (docs/methods.md#knapsack, robust mode)  | ``last_visit``            |
+| last k rewards           | Knapsack RL (docs/methods.md#knapsack, window 16)    | ``last_k``                |
+| sliding window of visits | CoBA-RL (docs/methods.md#coba, window W visits)  | ``window``                |
+| EMA counts + Beta prior  | Reinforce-Ada-Est (docs/methods.md#ada-est)         | ``ema``                   |
 | visits / counts          | validity rules, GRESO histories  | ``count``, ``visits``     |
 
 A reward counts as a success when it is > 0.5 (rewards are binary by contract). Estimates of a

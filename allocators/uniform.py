@@ -1,8 +1,8 @@
-"""Uniform GRPO (algorithms.md §6.1): the same n for every prompt, group-normalised advantages.
+"""Uniform GRPO (docs/methods.md#uniform): the same n for every prompt, group-normalised advantages.
 
 n = budget // prompts_per_step rollouts per prompt. When the budget is not a multiple of the
 batch, the remainder goes one extra rollout each to the first prompts in batch order (the rule the
-other methods' even splits use, §2.4), so the budget is always spent exactly.
+other methods' even splits use, docs/methods.md#knapsack), so the budget is always spent exactly.
 Advantage A = (r − mean) / (std + 1e-6) per prompt, torch's unbiased std (verl's GRPO); every
 sample trains.
 """
@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch, even_split
+from allocators.base import (
+    AllocatorConfig,
+    Capabilities,
+    Samples,
+    StaticAllocator,
+    Step,
+    TrainBatch,
+    even_split,
+)
 
 
 @dataclass
@@ -23,13 +31,13 @@ class UniformConfig(AllocatorConfig):
     scale_by_std: bool = True      # False: A = r − mean (Dr. GRPO)
 
 
-class Uniform(Allocator):
+class Uniform(StaticAllocator):
     name = "uniform"
     Config = UniformConfig
-    min_rollouts_per_prompt = 2
+    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2)
 
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
-        return even_split(step.budget, groups.size)
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
+        return even_split(step.budget, groups.size), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
         adv = group_normalized(samples.group, samples.rewards, step.num_groups,

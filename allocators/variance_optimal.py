@@ -1,4 +1,4 @@
-"""Variance-optimal allocation, GVM style (algorithms.md §6.4 and §4.3): rollouts per prompt in
+"""Variance-optimal allocation, GVM style (docs/methods.md#gvm): rollouts per prompt in
 proportion to the gradient-variance-minimising share, n_i ∝ √((1 − p_i)/p_i).
 
 Sources. GVM-RAFT (Yao et al. 2025, arXiv 2505.02391, ``RLHFlow/GVM``) sets n_i to minimise the
@@ -7,7 +7,7 @@ Reinforce-Ada v3 (arXiv 2510.04996) Appendix B derives the optimum for the log o
 Reinforce-with-baseline gradient, σ²(x) ∝ p(1 − p): n_i* ∝ √((1 − p_i)/p_i) (``objective="log"``,
 default), and for RAFT, σ² ∝ p: n_i* ∝ 1/√p_i (``objective="raft"``, preset ``gvm@raft``).
 
-Choices the sources leave open (§8), documented here:
+Choices the sources leave open (docs/methods.md), documented here:
 
 - **p̂**: posterior mean of ``PromptStats.ema`` counts (decay ``ema_decay`` = 0.9 per visit, as
   Reinforce-Ada-Est) under a Beta(``prior_alpha``, ``prior_beta``) = Beta(1, 1) prior, so an
@@ -33,7 +33,14 @@ import numpy as np
 from numba import njit
 
 from allocators.advantages import GRPO_EPS, group_normalized
-from allocators.base import Allocator, AllocatorConfig, Samples, Step, TrainBatch
+from allocators.base import (
+    AllocatorConfig,
+    Capabilities,
+    Samples,
+    StaticAllocator,
+    Step,
+    TrainBatch,
+)
 from allocators.stats import PromptStats
 
 
@@ -118,11 +125,11 @@ class VarianceOptimalConfig(AllocatorConfig):
             raise ValueError("need ema_decay in [0, 1] and a positive Beta prior")
 
 
-class VarianceOptimal(Allocator):
+class VarianceOptimal(StaticAllocator):
     name = "gvm"
     Config = VarianceOptimalConfig
-    min_rollouts_per_prompt = 2
-    presets = {"raft": {"objective": "raft"}}
+    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2,
+                        presets={"raft": {"objective": "raft"}})
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
@@ -140,13 +147,13 @@ class VarianceOptimal(Allocator):
             return np.sqrt((1.0 - p) / p)
         return 1.0 / np.sqrt(p)
 
-    def allocate(self, step: Step, groups: np.ndarray) -> np.ndarray:
+    def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
         c = self.config
         m = groups.size
         lo = min(c.min_n, step.budget // m)
         hi = max(c.max_n, lo)
         w = self.weights(step.prompt_ids[groups])
-        return bounded_proportional(w, int(step.budget), int(lo), int(hi))
+        return bounded_proportional(w, int(step.budget), int(lo), int(hi)), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
         adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS,

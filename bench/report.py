@@ -132,13 +132,12 @@ def filter_rows(rows: pd.DataFrame, modes: list[str] | None = None,
 def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
     """Add the ``arm`` column: method spec, plus the settings that vary inside the group.
 
-    Frozen-policy runs (``bench simulate --frozen``: learning rate 0) are recognised by a final
-    test accuracy exactly equal to the initial one (the simulator's accuracy is exact, so a
-    learning run never ties) and never pooled with learning runs: where both kinds share a group,
-    the frozen arms are labelled ``frozen``."""
+    Frozen-policy runs (the leaderboard's ``frozen`` column: ``bench simulate --frozen``, or
+    learning rate 0) are never pooled with learning runs: where both kinds share a group, the
+    frozen arms are labelled ``frozen``. Rows of a leaderboard from before the column count as
+    learning runs."""
     rows = rows.copy()
-    rows["frozen"] = ((rows["mode"] == "simulate")  # the trainer's accuracies are k/n: ties
-                      & (rows["final_test_accuracy"] == rows["initial_test_accuracy"]))
+    rows["frozen"] = rows["frozen"].astype(str).str.lower().eq("true")
     rows["arm"] = rows["method"].astype(str)
     for _, idx in rows.groupby(GROUP, sort=False).groups.items():
         part = rows.loc[idx]

@@ -44,6 +44,8 @@ LEADERBOARD_COLUMNS = [
     "budget",                     # rollouts per step (the methods' shared budget)
     "prompts_per_step",
     "steps",
+    "eval_every",                 # steps between test-accuracy evaluations
+    "frozen",                     # True: the policy never moved (simulate --frozen; train lr 0)
     "initial_test_accuracy",
     "final_test_accuracy",
     "auc_test_accuracy",          # mean test accuracy over cumulative rollouts (normalised area)
@@ -60,6 +62,11 @@ LEADERBOARD_COLUMNS = [
     "config_hash",                # sha256[:16] of the resolved config (seed included)
     "code_version",               # package version + git commit
 ]
+# Leaderboards written before a column was added: read with the new columns empty, and
+# rewritten in the current schema by their next append.
+LEGACY_SCHEMAS = {
+    "0.1": [c for c in LEADERBOARD_COLUMNS if c not in ("eval_every", "frozen")],
+}
 
 
 class ResultsError(Exception):
@@ -139,6 +146,11 @@ def read_checked(path: str | Path, columns: list[str]) -> str:
     if not text.strip():
         return ""
     rows = list(csv.reader(io.StringIO(text)))
+    if columns == LEADERBOARD_COLUMNS and rows[0] in LEGACY_SCHEMAS.values():
+        rows = _upgrade(rows, columns)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        text = buf.getvalue()
     if rows[0] != columns:
         raise ResultsError(f"{path} is not a leaderboard of this schema (header differs; expected "
                            f"columns: {','.join(columns)}); move it aside or fix it")
@@ -149,6 +161,12 @@ def read_checked(path: str | Path, columns: list[str]) -> str:
     if not text.endswith("\n"):
         text += "\n"
     return text
+
+
+def _upgrade(rows: list[list[str]], columns: list[str]) -> list[list[str]]:
+    """Rows of an older schema in ``columns``: the columns it lacks are empty."""
+    pos = {name: k for k, name in enumerate(rows[0])}
+    return [columns] + [[row[pos[c]] if c in pos else "" for c in columns] for row in rows[1:]]
 
 
 def _cell(v) -> str:

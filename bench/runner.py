@@ -1,8 +1,10 @@
-"""Execute simulator runs on a process pool and record each as it finishes.
+"""Record finished runs of either mode, and execute simulator runs on a process pool.
 
-Each finished run is recorded at once (run folder, then its leaderboard row), so an interrupted
-batch keeps every run that finished and leaves no partial row. Runs are independent and
-deterministic under their seed, so the pool's scheduling order changes nothing in the results.
+``Recorder`` writes a finished run, simulated or trained, the same way: ``runs/<run-id>/`` (the
+run folder schema of docs/results.md), then its leaderboard row. Each run is recorded as soon as
+it finishes, so an interrupted batch keeps every run that finished and leaves no partial row.
+Runs are independent and deterministic under their seed, so the pool's scheduling order changes
+nothing in the results.
 """
 
 from __future__ import annotations
@@ -10,37 +12,42 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue as queue_mod
 import re
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from bench.results import (LEADERBOARD_COLUMNS, append_rows, code_version, config_hash,
-                           leaderboard_path, now_utc, write_run_folder)
-from simulator.run import RunOutput, SimConfig, run_simulation
+from allocators.loop import RunOutput
+from bench.results import (
+    LEADERBOARD_COLUMNS,
+    append_rows,
+    code_version,
+    config_hash,
+    leaderboard_path,
+    now_utc,
+    write_run_folder,
+)
+from simulator.run import SimConfig, run_simulation
 
 
-def run_id_for(config: dict, chash: str) -> str:
-    method = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", config["method"])
+def run_id_for(identity: dict, chash: str) -> str:
+    """``<UTC time>-<mode>-<scenario or task>-<method>-s<seed>-<config hash>``."""
+    method = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", identity["method"])
+    scenario = re.sub(r"[^A-Za-z0-9_.-]+", "_", identity["scenario"])
     stamp = now_utc().replace("-", "").replace(":", "").replace("+0000", "")[:15]
-    return f"{stamp}-{config['scenario']}-{method}-s{config['seed']}-{chash[:8]}"
+    return f"{stamp}-{identity['mode']}-{scenario}-{method}-s{identity['seed']}-{chash[:8]}"
 
 
 def leaderboard_row(out: RunOutput, run_id: str, chash: str, version: str) -> dict:
-    c = out.config
-    row = {
-        "timestamp": now_utc(), "mode": c["mode"], "run_id": run_id, "scenario": c["scenario"],
-        "model": "simulator", "method": c["method"], "method_name": c["method_name"],
-        "seed": c["seed"], "budget": c["budget"], "prompts_per_step": c["prompts_per_step"],
-        "steps": c["steps"], "config_hash": chash, "code_version": version,
-    }
+    row = {"timestamp": now_utc(), "run_id": run_id, **out.identity, "config_hash": chash,
+           "code_version": version}
     row.update({k: out.summary[k] for k in LEADERBOARD_COLUMNS if k in out.summary})
     return row
 
 
 @dataclass
 class Recorder:
-    """Writes a finished run: ``runs/<run-id>/`` and one leaderboard row."""
+    """Writes a finished run of either mode: ``runs/<run-id>/`` and one leaderboard row."""
 
     results_dir: Path
     runs_dir: Path
@@ -48,14 +55,16 @@ class Recorder:
     def __post_init__(self):
         self.version = code_version()
 
-    def record(self, out: RunOutput) -> dict:
+    def record(self, out: RunOutput, run_id: str | None = None) -> dict:
+        """Record ``out`` under ``run_id`` (the trainer names its folder before it starts), or
+        under a new id."""
         chash = config_hash(out.config)
-        rid = run_id_for(out.config, chash)
+        rid = run_id or run_id_for(out.identity, chash)
         write_run_folder(self.runs_dir, rid, {**out.config, "config_hash": chash,
                                               "summary": out.summary},
                          {"steps": out.steps, "evals": out.evals, "allocation": out.allocation})
         row = leaderboard_row(out, rid, chash, self.version)
-        append_rows(leaderboard_path(self.results_dir, out.config["mode"]), [row])
+        append_rows(leaderboard_path(self.results_dir, out.identity["mode"]), [row])
         return row
 
 

@@ -10,15 +10,24 @@ import click
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from allocators.base import SettingsError
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
+from bench.report import CONFIDENCE, mean_ci
+from bench.report_cmd import fmt_ci
 from bench.results import ResultsError, check_outputs, leaderboard_path
 from bench.runner import Recorder, execute, parse_seeds
-from simulator.run import SimConfig
+from simulator.run import SimConfig, check
 from simulator.scenarios import SCENARIOS
 
 DEFAULTS = SimConfig()
@@ -34,20 +43,18 @@ def print_scenarios(console: Console) -> None:
 
 
 def summary_table(rows: pd.DataFrame) -> list[Table]:
-    """Ranked tables, one per scenario: mean ± standard error over seeds."""
+    """Ranked tables, one per scenario: the mean over seeds with the percentile bootstrap
+    interval of ``bench report`` (``bench.report.mean_ci``)."""
     tables = []
 
-    def ms(x: pd.Series, fmt: str = ".3f") -> str:
-        x = x.dropna()
-        if x.empty:
-            return "-"
-        se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
-        return f"{x.mean():{fmt}}±{se:{fmt}}"
+    def ms(x: pd.Series) -> str:
+        ci = mean_ci(x.to_numpy(float))
+        return "-" if np.isnan(ci.point) else fmt_ci(ci.point, ci.low, ci.high)
 
     for scenario, part in rows.groupby("scenario", sort=False):
         seeds = part.groupby("method")["seed"].nunique().max()
-        table = Table(title=f"{scenario}: ranked by final test accuracy "
-                            f"(mean±s.e. over {seeds} seeds)")
+        table = Table(title=f"{scenario}: ranked by final test accuracy (mean "
+                            f"[{CONFIDENCE:.0%} bootstrap interval] over {seeds} seeds)")
         for col in ("#", "method", "final acc", "AUC acc", "rollouts to target", "eff. grad",
                     "Mtokens", "solver ms"):
             table.add_column(col, justify="left" if col == "method" else "right",
@@ -117,22 +124,16 @@ def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_eve
     if prompts_per_step > sc.num_prompts:
         raise usage_error(f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "
                           f"{sc.num_prompts} prompts")
-    for spec in specs:
-        cls = METHODS[spec.name]
-        need = prompts_per_step * cls.min_rollouts_per_prompt
-        if cls.uses_budget and budget < need:
-            raise usage_error(f"--budget {budget} is below {spec.label}'s minimum of "
-                              f"{cls.min_rollouts_per_prompt} rollouts x {prompts_per_step} prompts "
-                              f"= {need}")
-    try:
-        check_outputs(out_dir, runs_dir, "simulate")
-    except ResultsError as exc:
-        raise usage_error(str(exc)) from None
-
     configs = [SimConfig(scenario=scenario, method=spec.label, seed=seed, steps=steps,
                          budget=budget, prompts_per_step=prompts_per_step,
                          eval_every=eval_every, frozen=frozen)
                for spec in specs for seed in seed_list]
+    try:
+        for cfg in configs[::len(seed_list)]:
+            check(cfg)
+        check_outputs(out_dir, runs_dir, "simulate")
+    except (SettingsError, ResultsError) as exc:
+        raise usage_error(str(exc)) from None
     n_workers = min(workers or os.cpu_count() or 1, len(configs))
     recorder = Recorder(Path(out_dir), Path(runs_dir))
     rows = []

@@ -39,8 +39,14 @@ from rich.table import Table
 from allocators import solvers as S
 from allocators.coba import Coba
 from bench.errors import usage_error
-from bench.results import (ResultsError, append_rows, check_writable, code_version, now_utc,
-                           read_checked)
+from bench.results import (
+    ResultsError,
+    append_rows,
+    check_writable,
+    code_version,
+    now_utc,
+    read_checked,
+)
 
 # The leaderboard's columns, defined once.
 SOLVER_COLUMNS = [
@@ -71,7 +77,7 @@ RATES = ("uniform", "sixteenths")
 BASE = 2                     # every prompt's base (Knapsack min_n, CoBA n_low)
 OFFICIAL = (256, 8, 128)     # Knapsack RL's run: 256 prompts, budget 2,048, cap 128
 COBA_CLAIM = 928.0           # CoBA-RL: heap greedy "≈ 928× faster" than dynamic programming
-COBA_F = 0.413               # batch failure rate for CoBA's Beta parameters (algorithms.md §3.3)
+COBA_F = 0.413               # batch failure rate for CoBA's Beta parameters (docs/methods.md#coba)
 DP_MEMORY = 2 << 30          # bytes of the DP's choice table beyond which it is skipped
 
 

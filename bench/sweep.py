@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from allocators.registry import METHODS, SpecError, parse_spec
+from allocators.base import SettingsError
+from allocators.loop import RunOutput
+from allocators.registry import SpecError, parse_spec
 from bench.results import config_hash, leaderboard_path, read_leaderboard
 from bench.runner import Recorder, execute, parse_seeds
-from simulator.run import RunOutput, SimConfig, resolve, run_simulation
+from simulator.run import SimConfig, check, resolve, run_simulation
 from simulator.scenarios import SCENARIOS
 
 if sys.version_info >= (3, 11):
@@ -142,12 +144,10 @@ def _check(cfg: SimConfig, where: str) -> None:
     if cfg.prompts_per_step > sc.num_prompts:
         raise GridError(f"{where}: prompts_per_step {cfg.prompts_per_step} exceeds scenario "
                         f"{cfg.scenario}'s pool of {sc.num_prompts} prompts")
-    cls = METHODS[cfg.spec().name]
-    need = cfg.prompts_per_step * cls.min_rollouts_per_prompt
-    if cls.uses_budget and cfg.budget < need:
-        raise GridError(f"{where}: budget {cfg.budget} is below {cfg.method}'s minimum of "
-                        f"{cls.min_rollouts_per_prompt} rollouts x {cfg.prompts_per_step} "
-                        f"prompts = {need}")
+    try:
+        check(cfg)
+    except SettingsError as exc:
+        raise GridError(f"{where}: {exc}") from None
 
 
 def _normalise(table: dict, where: str) -> dict:

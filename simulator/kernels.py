@@ -1,6 +1,6 @@
 """Numba kernels of the learning simulator: sampling, the policy-gradient step, evaluation.
 
-The model (design.md, "The simulator's learning model"): prompt i has features x_i, difficulty
+The model (docs/simulator.md#the-learning-model): prompt i has features x_i, difficulty
 b_i and, optionally, a memorisation term u_i; logit z_i = x_i·θ + u_i − b_i, success rate
 p_i = σ(z_i). A sample's reward is Bernoulli(p_i); its length is log-normal around a per-prompt
 median, longer for wrong answers. The score function of a sample is (r − p_i)·x_i for θ and
@@ -172,7 +172,7 @@ def mean_success(X, theta, b):
 
 
 # --------------------------------------------------------------------------------------------
-# Per-prompt off-policy gradients (CROPI, algorithms.md §5.2)
+# Per-prompt off-policy gradients (CROPI, docs/methods.md#cropi)
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _log_sigmoid(z):

@@ -1,4 +1,5 @@
-"""The learning model and the simulated ``RolloutSource`` (design.md, simulator section)."""
+"""The learning model (the simulator's ``Learner``) and the simulated ``RolloutSource``
+(docs/simulator.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import math
 import numpy as np
 
 from allocators.base import Samples, StepResult
+from allocators.loop import HIST_BINS
 from simulator import kernels
 from simulator.scenarios import Scenario, World
 
 _AGG = {"token-mean": 0, "seq-mean": 1, "seq-mean-token-mean": 2}
-HIST_BINS = 10
 
 
 class LearningModel:
@@ -42,7 +43,15 @@ class LearningModel:
     def test_accuracy(self) -> float:
         return kernels.mean_success(self.w.X_test, self.theta, self.w.b_test)
 
-    def learn(self, r: StepResult) -> float:
+    def evaluate(self) -> float:
+        """Test accuracy, exact (no sampling)."""
+        return self.test_accuracy()
+
+    def learn(self, r: StepResult) -> dict[str, float]:
+        """Apply the step's policy-gradient update; returns its gradient norm."""
+        return {"grad_norm": self.update(r)}
+
+    def update(self, r: StepResult) -> float:
         """Apply the step's policy-gradient update; returns the gradient norm."""
         self.t += 1
         s = r.samples
@@ -62,30 +71,37 @@ class LearningModel:
 
 
 class SimulatedSource:
-    """``RolloutSource`` backed by Bernoulli draws from the learning model's current rates."""
+    """``RolloutSource`` backed by Bernoulli draws from the learning model's current rates; it
+    also has the extracted answers, per-prompt gradients (CROPI's ``GradientSource``) and the
+    true rates."""
 
-    def __init__(self, model: LearningModel, rng: np.random.Generator, answers: bool = True):
+    provides = frozenset({"answers", "gradients", "true_rates"})
+
+    def __init__(self, model: LearningModel, rng: np.random.Generator):
         self.model = model
         self.rng = rng
-        self.answers = answers
         s = model.s
         self._wrong_shift = math.log(s.wrong_length_factor)
         self._zero_u_test: np.ndarray | None = None
 
+    def begin_step(self, index: int) -> None:
+        """Nothing to do: the draws come from one generator for the whole run."""
+
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
         m, s = self.model, self.model.s
-        pid, rew, length, ans = kernels.draw(
-            self.rng, np.asarray(prompt_ids, np.int64), np.asarray(counts, np.int64),
-            m.w.X, m.theta, m.u, m.w.b, m.w.log_len, self._wrong_shift,
-            s.sample_length_sigma, s.max_tokens, self.answers, s.n_wrong_answers,
+        prompt_ids = np.asarray(prompt_ids, np.int64)
+        counts = np.asarray(counts, np.int64)
+        _, rew, length, ans = kernels.draw(
+            self.rng, prompt_ids, counts, m.w.X, m.theta, m.u, m.w.b, m.w.log_len,
+            self._wrong_shift, s.sample_length_sigma, s.max_tokens, True, s.n_wrong_answers,
             s.wrong_answer_conc)
-        return Samples(pid, rew, length, answers=ans)
+        return Samples.from_request(prompt_ids, counts, rew, length, answers=ans)
 
     def true_success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
         """The simulator's ground truth (for oracle allocators and frozen-mode scoring)."""
         return self.model.success_rates(prompt_ids)
 
-    # -- per-prompt gradients: CROPI's ``GradientSource`` (allocators/cropi.py, §5.2) ----------
+    # -- per-prompt gradients: CROPI's ``GradientSource`` (allocators/cropi.py, docs/methods.md#cropi) ----------
     # A prompt's samples are summarised by their rewards: under the logistic model the score of a
     # sample is (r − p)·x for θ, and π(r) = p^r (1 − p)^(1 − r) is its probability. Gradients
     # are taken w.r.t. the shared parameters θ only (d coordinates): the memorisation term u_i
@@ -113,13 +129,14 @@ class SimulatedSource:
         """Rollouts of validation (test) prompts by the current policy. Lengths use the
         scenario's median (test prompts have no length model); answers are not drawn."""
         m, s = self.model, self.model.s
+        prompt_ids = np.asarray(prompt_ids, np.int64)
+        counts = np.asarray(counts, np.int64)
         X, u, b = self._split("validation")
         log_len = np.full(X.shape[0], math.log(s.median_tokens))
-        pid, rew, length, ans = kernels.draw(
-            self.rng, np.asarray(prompt_ids, np.int64), np.asarray(counts, np.int64),
-            X, m.theta, u, b, log_len, self._wrong_shift, s.sample_length_sigma, s.max_tokens,
-            False, 0, 1.0)
-        return Samples(pid, rew, length, answers=ans)
+        _, rew, length, _ = kernels.draw(
+            self.rng, prompt_ids, counts, X, m.theta, u, b, log_len, self._wrong_shift,
+            s.sample_length_sigma, s.max_tokens, False, 0, 1.0)
+        return Samples.from_request(prompt_ids, counts, rew, length)
 
     def log_probs(self, samples: Samples, counts: np.ndarray, split: str = "train") -> np.ndarray:
         """log π_θ(r) of each sample under the current policy (the behaviour log-probability

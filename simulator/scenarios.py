@@ -17,7 +17,7 @@ for initially harder prompts); wrong answers are ``wrong_length_factor`` times l
 Answers (for answer-level methods such as C-GRPO). A correct sample answers 0; a wrong one picks
 one of ``n_wrong_answers`` distractors with probability ∝ 1/k^``wrong_answer_conc``.
 
-Domains (optional, for data-selection methods such as CROPI, algorithms.md §5). A scenario may
+Domains (optional, for data-selection methods such as CROPI, docs/methods.md#cropi). A scenario may
 split its prompts into named domains (say GSM8K-, MATH- and DeepScaleR-like), each with its own
 share of the train pool and of the test set and its own initial pass-rate mixture. A domain adds a
 shared skill direction s_D ~ N(0, I_d), drawn once per world, to its prompts' features:
@@ -85,7 +85,7 @@ class Scenario:
                 del d[key]
         return d
 
-    def with_frozen(self) -> "Scenario":
+    def with_frozen(self) -> Scenario:
         return replace(self, frozen=True, lr=0.0, memorization_lr=0.0)
 
 
@@ -204,12 +204,12 @@ _register(Scenario(
     name="dapo-math",
     summary="DAPO-Math-17k-like pool: U-shaped initial pass rates, many all-wrong and "
             "all-right prompts at n = 8.",
-    calibration="Knapsack RL's setting (algorithms.md §2.1, §2.8): Qwen2.5-Math-7B with GRPO, "
+    calibration="Knapsack RL's setting (docs/methods.md#knapsack): Qwen2.5-Math-7B with GRPO, "
                 "n = 8, on DAPO-Math-17k (17,398 prompts, 256 per step). Initial pass rates: "
                 "30% near zero Beta(0.3, 8), 15% near one Beta(6, 0.4), 55% spread Beta(0.9, 1.3); "
                 "mean pass rate 0.375, at n = 8 33% of prompts all-wrong and 13% all-right in "
                 "expectation. Learning calibrated so that uniform GRPO (n = 8) shows the decay "
-                "§2.1 reports: over 1,000 steps the effective-gradient ratio falls from 0.55 to "
+                "docs/methods.md#knapsack reports: over 1,000 steps the effective-gradient ratio falls from 0.55 to "
                 "about 0.26 and train reward rises 0.39 -> 0.75 while test accuracy rises "
                 "0.37 -> 0.51 (seed 0).",
     pass_rate_mixture=((0.30, 0.3, 8.0), (0.15, 6.0, 0.4), (0.55, 0.9, 1.3)),
@@ -219,10 +219,10 @@ _register(Scenario(
 _register(Scenario(
     name="hard",
     summary="Hard set: base pass rate around 1-2 of 16 for every prompt.",
-    calibration="Reinforce-Ada's hard split (algorithms.md §4.4): prompts the base model solves "
+    calibration="Reinforce-Ada's hard split (docs/simulator.md#hard): prompts the base model solves "
                 "1-2 times out of 16 (p ≈ 0.06-0.125). Initial pass rates Beta(2, 20): mean "
                 "0.09, 90% of prompts between 0.017 and 0.21, half of them all-wrong at n = 8; "
-                "5,000 prompts as in §4.4 Table 5.",
+                "5,000 prompts as in docs/simulator.md#hard Table 5.",
     num_prompts=5_000,
     pass_rate_mixture=((1.0, 2.0, 20.0),),
     target_accuracy=0.2,
@@ -231,8 +231,8 @@ _register(Scenario(
 _register(Scenario(
     name="easy",
     summary="Mixed/easy pool: most prompts solvable, a long easy tail.",
-    calibration="CROPI's GSM8K + MATH + DeepScaleR pool for an instruct model (algorithms.md "
-                "§5.3): mean initial pass rate about 0.6. Initial pass rates: 35% near one "
+    calibration="CROPI's GSM8K + MATH + DeepScaleR pool for an instruct model (docs/methods.md "
+                "docs/methods.md#cropi): mean initial pass rate about 0.6. Initial pass rates: 35% near one "
                 "Beta(5, 0.6), 50% Beta(2, 1.5), 15% hard Beta(0.5, 4); mean 0.615, at n = 8 "
                 "10% all-wrong and 24% all-right in expectation.",
     num_prompts=10_000,
@@ -244,7 +244,7 @@ _register(Scenario(
     name="cropi-math",
     summary="CROPI's GSM8K + MATH + DeepScaleR pool in three skill domains, d = 2,048; "
             "validation sets gsm8k and math are the test prompts of those domains.",
-    calibration="CROPI's setting (algorithms.md §5.3): train pool gsm_math_dsr = GSM8K-train "
+    calibration="CROPI's setting (docs/methods.md#cropi): train pool gsm_math_dsr = GSM8K-train "
                 "7,473 + MATH-train 7,500 + DeepScaleR 40,315 prompts, scaled to 11,000 with the "
                 "same shares (13.6/13.6/72.8%); targets gsm8k and math (run_cropi.sh); test set "
                 "shaped like its RL evaluation (gsm8k 1,319; MATH500 + gaokao2023en 885; "

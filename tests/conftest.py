@@ -12,7 +12,6 @@ from allocators.base import PromptStream, Step
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import build_world, get_scenario
 
-
 # CI replays the same examples every run (reproducible); locally hypothesis explores afresh.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
@@ -36,12 +35,10 @@ class SimHarness:
 
     def start(self, allocator):
         allocator.reset(self.scenario.num_prompts, self.rng)
-        if hasattr(allocator, "bind_source"):
-            allocator.bind_source(self.source)
         return allocator
 
     def step(self, allocator, learn: bool = True):
-        step = Step(self.t, self.stream, self.source, self.budget, self.prompts_per_step, self.rng)
+        step = Step(self.t, self.stream, self.source, self.budget, self.prompts_per_step)
         result = allocator.step(step)
         if learn:
             self.model.learn(result)

@@ -1,6 +1,6 @@
 """CoBA-RL (allocators/coba.py): estimates, the Beta schedule, the allocation steps and quirk Q4,
 checked against a plain-Python reference of the official ``BetaAllocator.allocate`` written from
-algorithms.md §3 (heapq greedy, sequential weighted leftover)."""
+docs/methods.md#coba (heapq greedy, sequential weighted leftover)."""
 
 from __future__ import annotations
 
@@ -137,13 +137,13 @@ class _Pattern:
         rewards = np.concatenate([(np.arange(c) < self.succ[int(i)]).astype(float)
                                   for i, c in zip(prompt_ids, counts)])
         n = int(counts.sum())
-        return Samples(np.repeat(prompt_ids, counts), rewards, np.ones(n, np.int64))
+        return Samples.from_request(prompt_ids, counts, rewards, np.ones(n, np.int64))
 
 
 def run_step(a: Coba, prompts, succ, budget, t):
     stream = PromptStream(len(prompts), np.random.default_rng(t))
     stream._order = np.asarray(prompts)
-    step = Step(t, stream, _Pattern(succ), budget, len(prompts), np.random.default_rng(t))
+    step = Step(t, stream, _Pattern(succ), budget, len(prompts))
     r = a.step(step)
     a.observe(r)
     return r

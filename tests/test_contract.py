@@ -1,98 +1,132 @@
-"""Shared contract checks, parametrised over the registry: every method inherits them."""
+"""The shared check suite (``allocators/testing.py``) over every registered method, on a small
+frozen simulated world (it provides everything a method may need, gradients included) and on the
+suite's own ``BernoulliSource``; and planted bugs of each kind that the suite must catch."""
 
 from __future__ import annotations
+
+import re
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from allocators.base import StepResult
-from allocators.metrics import step_metrics
+from allocators.base import SettingsError, validate
+from allocators.knapsack import Knapsack
 from allocators.registry import METHODS, parse_spec
-from simulator.run import SimConfig, run_simulation
+from allocators.testing import (
+    BernoulliSource,
+    check_allocator,
+    check_config_unchanged,
+    check_state_round_trip,
+    check_step_invariants,
+    parametrize_with_checks,
+)
+from allocators.uniform import Uniform
+from simulator.model import LearningModel, SimulatedSource
+from simulator.scenarios import build_world, get_scenario
 
-ALL = sorted(METHODS)
-
-
-def check_step(r: StepResult, cls, budget: int) -> None:
-    s = r.samples
-    n = len(s)
-    m = r.prompt_ids.size
-    assert m > 0
-    # the batch holds distinct prompts
-    assert np.unique(r.prompt_ids).size == m
-    # every sample belongs to a group of the batch and carries its prompt id
-    assert s.group.shape == (n,) and s.rewards.shape == (n,) and s.lengths.shape == (n,)
-    assert n == 0 or (s.group.min() >= 0 and s.group.max() < m)
-    assert np.array_equal(s.prompt_ids, r.prompt_ids[s.group])
-    assert set(np.unique(s.rewards)) <= {0.0, 1.0}
-    assert (s.lengths >= 1).all()
-    # counts: non-negative, add up, within the budget
-    c = r.counts
-    for arr in (c.generated, c.successes, c.tokens, c.trained, c.trained_successes):
-        assert arr.shape == (m,) and (arr >= 0).all()
-    assert c.generated.sum() == n and (c.successes <= c.generated).all()
-    assert (c.trained_successes <= c.trained).all()
-    if cls.uses_budget:
-        assert n <= budget, f"{cls.name} spent {n} rollouts of a budget of {budget}"
-    # the training batch indexes real samples, once each, with finite advantages and weights
-    tb = r.train
-    k = tb.index.size
-    assert tb.advantages.shape == (k,) and tb.weights.shape == (k,)
-    assert np.unique(tb.index).size == k
-    assert k == 0 or (tb.index.min() >= 0 and tb.index.max() < n)
-    assert np.isfinite(tb.advantages).all() and np.isfinite(tb.weights).all()
-    assert (tb.weights >= 0).all()
-    assert r.solver_seconds >= 0
-    # metrics in range
-    met = step_metrics(c, r.solver_seconds)
-    assert 0.0 <= met["effective_grad_ratio"] <= 1.0
-    assert 0.0 <= met["effective_prompt_ratio"] <= 1.0
-    assert n == 0 or 0.0 <= met["train_reward"] <= 1.0
-    assert met["rollouts"] == n and met["train_samples"] == k
+SMALL = replace(get_scenario("dapo-math"), num_prompts=120, num_test=50).with_frozen()
 
 
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("scenario", ["dapo-math", "hard", "easy"])
-def test_steps_hold_the_contract(name, scenario, harness):
-    h = harness(scenario, seed=1, budget=512, prompts_per_step=64)
-    cls = METHODS[name]
-    alloc = h.start(parse_spec(name).build())
-    for _ in range(12):
-        check_step(h.step(alloc), cls, h.budget)
+class FrozenSimSource(SimulatedSource):
+    """The simulator's source on a policy that never moves: its only state is its generator."""
+
+    def __init__(self, seed: int):
+        super().__init__(LearningModel(SMALL, build_world(SMALL, seed)),
+                         np.random.default_rng([seed, 1]))
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_budget_at_the_minimum(name, harness):
-    cls = METHODS[name]
-    m = 32
-    h = harness("dapo-math", seed=2, budget=m * cls.min_rollouts_per_prompt, prompts_per_step=m)
-    alloc = h.start(parse_spec(name).build())
-    for _ in range(6):
-        check_step(h.step(alloc), cls, h.budget)
+def simulated(seed: int):
+    return FrozenSimSource(seed), SMALL.num_prompts
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_same_seed_same_numbers(name):
-    cfg = SimConfig(scenario="dapo-math", method=name, seed=3, steps=15, budget=512,
-                    prompts_per_step=64, eval_every=5)
-    a, b = run_simulation(cfg), run_simulation(cfg)
-    timing = ["solver_seconds"]
-    pd_a, pd_b = a.steps.drop(columns=timing), b.steps.drop(columns=timing)
-    assert pd_a.equals(pd_b)
-    assert a.evals.equals(b.evals)
-    assert a.allocation.equals(b.allocation)
-    other = run_simulation(SimConfig(**{**cfg.__dict__, "seed": 4}))
-    assert not other.steps.drop(columns=timing).equals(pd_a)
+def _maker(name: str):
+    return lambda: parse_spec(name).build()
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_run_summary_in_range(name):
-    out = run_simulation(SimConfig(scenario="easy", method=name, seed=0, steps=10, budget=512,
-                                   prompts_per_step=64, eval_every=5))
-    s = out.summary
-    for key in ("initial_test_accuracy", "final_test_accuracy", "auc_test_accuracy",
-                "mean_effective_grad_ratio", "mean_effective_prompt_ratio"):
-        assert 0.0 <= s[key] <= 1.0, key
-    assert s["rollouts"] == out.steps.rollouts.sum() > 0
-    assert s["tokens"] >= s["rollouts"]
-    assert out.config["method_name"] == name
+MAKERS = {name: _maker(name) for name in sorted(METHODS)}
+
+
+@parametrize_with_checks(MAKERS, simulated)
+def test_registered_methods_pass_the_suite(make, check, sources):
+    check(make, sources)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METHODS
+                                        if not parse_spec(n).build().capabilities().needs
+                                        - BernoulliSource.provides))
+def test_the_suite_runs_on_its_own_source(name):
+    check_allocator(MAKERS[name])
+
+
+def test_a_method_needing_what_the_source_lacks_is_refused():
+    cropi = parse_spec("cropi").build()
+    with pytest.raises(SettingsError, match="needs gradients.*score=random"):
+        validate(cropi, "cropi", 64, 8, BernoulliSource.provides)
+    validate(parse_spec("cropi:score=random").build(), "cropi", 64, 8, BernoulliSource.provides)
+    with pytest.raises(SettingsError, match="below uniform's minimum of 2 rollouts x 8"):
+        validate(Uniform(), "uniform", 15, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Planted bugs: the suite fails for each kind
+# --------------------------------------------------------------------------------------------
+class Forgetful(Knapsack):
+    """Does not restore its statistics."""
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Mutating(Uniform):
+    """Changes its own config while running."""
+
+    def run_step(self, step):
+        self.config.eps *= 2
+        return super().run_step(step)
+
+
+class Overspending(Uniform):
+    """Spends one rollout more than the budget."""
+
+    def allocate(self, step, groups):
+        counts, info = super().allocate(step, groups)
+        counts[0] += 1
+        return counts, info
+
+
+@pytest.mark.parametrize("bug, check", [(Forgetful, check_state_round_trip),
+                                        (Mutating, check_config_unchanged),
+                                        (Overspending, check_step_invariants)])
+def test_the_suite_catches_planted_bugs(bug, check):
+    with pytest.raises(AssertionError):
+        check(bug)
+    with pytest.raises(AssertionError):
+        check_allocator(bug)
+
+
+def test_the_readme_example_method_passes_the_suite():
+    """The complete example method of the README's "Adding a method" section."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Adding a method.*?```python\n(.*?)```", text, re.S)
+    assert block, "README has no Adding a method example"
+    module = types.ModuleType("readme_example")   # dataclasses look their module up
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(block.group(1), "README.md", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    classes = [v for v in vars(module).values() if isinstance(v, type)
+               and v.__module__ == module.__name__ and hasattr(v, "run_step")]
+    assert classes
+    for cls in classes:
+        check_allocator(cls)

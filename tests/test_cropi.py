@@ -1,4 +1,4 @@
-"""CROPI (algorithms.md §5): projection, per-prompt gradients, selection, stages."""
+"""CROPI (docs/methods.md#cropi): projection, per-prompt gradients, selection, stages."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from allocators.cropi import (Cropi, CropiConfig, GradientSource, cosine_scores, precision_at,
-                              select_max, select_valid_uniform)
+from allocators.base import SettingsError, validate
+from allocators.cropi import (
+    Cropi,
+    CropiConfig,
+    GradientSource,
+    cosine_scores,
+    precision_at,
+    select_max,
+    select_valid_uniform,
+)
 from allocators.projection import SparseRandomProjection, sparse_dim_for
 from allocators.registry import SpecError, parse_spec
 from simulator import kernels
@@ -211,8 +219,7 @@ def test_identity_projection_gives_the_exact_ranking(harness):
     counts = np.full(informative.size, n)
     rows = (informative[:, None] * n + np.arange(n)).ravel()
     off = a.offline
-    from allocators.base import Samples
-    sub = Samples(off.prompt_ids[rows], off.rewards[rows], off.lengths[rows])
+    sub = off.take(rows)
     g = src.prompt_gradients(sub, counts, a.offline_behaviour[rows])
     targets = []
     for name in names:
@@ -246,8 +253,13 @@ def test_stages_reselect_and_offline_rollouts_are_reused(harness):
 
 def test_random_baseline_needs_no_gradients(harness):
     class Bare:  # a rollout source without the GradientSource capability
+        provides = frozenset()
+
         def __init__(self, src):
             self.src = src
+
+        def begin_step(self, index):
+            pass
 
         def sample(self, ids, counts):
             return self.src.sample(ids, counts)
@@ -267,9 +279,9 @@ def test_random_baseline_needs_no_gradients(harness):
     h.step(fixed)
     h.step(fixed)
     assert np.array_equal(s0, fixed.subset)
-    needy = h.start(parse_spec("cropi").build())
-    with pytest.raises(RuntimeError, match="GradientSource"):
-        h.step(needy)
+    needy = parse_spec("cropi").build()
+    with pytest.raises(SettingsError, match="needs gradients"):
+        validate(needy, "cropi", 256, 32, h.source.provides)
 
 
 def test_state_dict_round_trip(harness):
@@ -280,7 +292,7 @@ def test_state_dict_round_trip(harness):
     state = json.loads(json.dumps(a.state_dict()))
     b = parse_spec("cropi:stage_steps=2").build()
     b.reset(h.scenario.num_prompts, np.random.default_rng(0))
-    b.bind_source(h.source)
+    b.gradients = h.source
     b.load_state_dict(state)
     assert np.array_equal(a.subset, b.subset) and a.selections == b.selections
     assert a.stream.state_dict() == b.stream.state_dict()
@@ -302,8 +314,20 @@ def test_bad_options_are_rejected():
 # --------------------------------------------------------------------------------------------
 # The measurement scripts
 # --------------------------------------------------------------------------------------------
+def _script(name: str):
+    """A measurement script of ``scripts/`` as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_crossing_interpolates():
-    from bench.cropi_speedup import crossing
+    crossing = _script("cropi_speedup").crossing
     x, acc = np.array([0.0, 10, 20, 30]), np.array([0.5, 0.6, 0.7, 0.65])
     assert crossing(x, acc, 0.65) == pytest.approx(15.0)
     assert crossing(x, acc, 0.5) == 0.0
@@ -314,8 +338,8 @@ def test_speedup_and_precision_scripts_run(tmp_path):
     from click.testing import CliRunner
 
     from bench.cli import main as bench_main
-    from bench.cropi_precision import main as precision
-    from bench.cropi_speedup import main as speedup
+    precision = _script("cropi_precision").main
+    speedup = _script("cropi_speedup").main
 
     runs = tmp_path / "runs"
     r = CliRunner().invoke(bench_main, [

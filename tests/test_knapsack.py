@@ -1,5 +1,5 @@
 """Knapsack RL (allocators/knapsack.py): the official state, base allocation, fallbacks, quirks
-Q1/Q2, exact totals, the advantage clip, and the spec's reference numbers (algorithms.md §2, §7)."""
+Q1/Q2, exact totals, the advantage clip, and the spec's reference numbers (docs/methods.md#knapsack)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def visit(a: Knapsack, prompt: int, rewards: list[int], step: int = 0) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# reference numbers (algorithms.md §7)
+# reference numbers (docs/methods.md)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("p, cost", [(0.5, 3.3), (0.2, 10.3), (0.1, 21.9), (0.05, 44.9),
                                      (0.01, 229.1)])
@@ -220,12 +220,12 @@ class _NoSource:
 
 def test_advantages_are_clipped_at_five():
     a = make()
-    step = Step(0, None, _NoSource(), 93, 1, np.random.default_rng(0))
+    step = Step(0, None, _NoSource(), 93, 1)
     step.add_prompts(np.array([0]))
     rewards = np.zeros(93)
     rewards[0] = 1.0
-    samples = Samples(np.zeros(93, np.int64), rewards, np.ones(93, np.int64),
-                      np.zeros(93, np.int64))
+    samples = Samples(np.zeros(93, np.int64), np.zeros(93, np.int64), rewards,
+                      np.ones(93, np.int64))
     adv = a.build(step, samples).advantages
     assert adv.max() == 5.0                          # (1 − 1/93)/std ≈ 9.5 before the clip
     assert adv.min() == pytest.approx(-(1 / 93) / (math.sqrt(1 / 93) + 1e-6))
@@ -249,5 +249,4 @@ def test_runs_in_the_simulator_with_exact_budgets(harness):
 
 def test_label_names_the_quirk_options():
     spec = parse_spec("knapsack:k0_value=natural:topup=capped:solver=dp")
-    a = spec.build()
-    assert a.label() == "knapsack:k0_value=natural:solver=dp:topup=capped"
+    assert spec.label == "knapsack:k0_value=natural:solver=dp:topup=capped"

@@ -1,4 +1,4 @@
-"""The metric definitions of design.md."""
+"""The metric definitions (docs/simulator.md#metrics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Peer methods (algorithms.md §6.2–§6.5): DAPO dynamic sampling, GRESO, variance-optimal (GVM),
+"""Peer methods (docs/methods.md#dapo): DAPO dynamic sampling, GRESO, variance-optimal (GVM),
 C-GRPO."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocators.advantages import group_normalized
 from allocators.base import PromptStream, Samples, Step
@@ -31,7 +32,8 @@ class RateSource:
         pid = np.repeat(prompt_ids, counts)
         ok = self.rng.random(pid.size) < self.rates[pid]
         ans = np.where(ok, 0, self.rng.integers(1, self.wrong + 1, pid.size))
-        return Samples(pid, ok.astype(float), np.ones(pid.size, np.int64), answers=ans)
+        return Samples.from_request(prompt_ids, counts, ok.astype(float),
+                                    np.ones(pid.size, np.int64), answers=ans)
 
 
 class Driver:
@@ -47,7 +49,7 @@ class Driver:
         self.m, self.budget, self.t = prompts_per_step, budget, 0
 
     def step(self):
-        st_ = Step(self.t, self.stream, self.source, self.budget, self.m, self.rng)
+        st_ = Step(self.t, self.stream, self.source, self.budget, self.m)
         r = self.alloc.step(st_)
         self.alloc.observe(r)
         self.t += 1
@@ -124,7 +126,7 @@ def reference_streaks(visits):
         else:
             break
     hard = 0
-    for n, s in reversed(visits):
+    for _n, s in reversed(visits):
         if s == 0:
             hard += 1
         else:

@@ -1,4 +1,4 @@
-"""Reinforce-Ada-Seq and -Est (algorithms.md §4.1, §4.2, §7; quirks Q5–Q7)."""
+"""Reinforce-Ada-Seq and -Est (docs/methods.md#ada-seq-balance; quirks Q5–Q7)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import binom
 
 from allocators.advantages import group_normalized
@@ -29,7 +30,8 @@ class BernoulliSource:
     def sample(self, prompt_ids, counts):
         pid = np.repeat(prompt_ids, counts)
         rew = (self.rng.random(pid.size) < self.p).astype(np.float64)
-        return Samples(pid, rew, np.ones(pid.size, np.int64), answers=(rew == 0).astype(np.int64))
+        return Samples.from_request(prompt_ids, counts, rew, np.ones(pid.size, np.int64),
+                                    answers=(rew == 0).astype(np.int64))
 
 
 class ScriptedSource:
@@ -45,22 +47,22 @@ class ScriptedSource:
             rew.extend(self.script[i][self.pos[i]:self.pos[i] + c])
             self.pos[i] += c
         rew = np.array(rew, float)
-        pid = np.repeat(prompt_ids, counts)
-        return Samples(pid, rew, np.ones(pid.size, np.int64), answers=(rew == 0).astype(np.int64))
+        return Samples.from_request(prompt_ids, counts, rew, np.ones(rew.size, np.int64),
+                                    answers=(rew == 0).astype(np.int64))
 
 
 def one_step(allocator, source, num_prompts, budget=None, seed=0):
     rng = np.random.default_rng(seed)
     allocator.reset(num_prompts, rng)
     stream = PromptStream(num_prompts, np.random.default_rng(seed + 1))
-    step = Step(0, stream, source, budget or 8 * num_prompts, num_prompts, rng)
+    step = Step(0, stream, source, budget or 8 * num_prompts, num_prompts)
     return allocator.step(step)
 
 
 # --------------------------------------------------------------------------------------------
-# §7: expected samples and P(unresolved) of Reinforce-Ada-Seq as coded
+# docs/methods.md: expected samples and P(unresolved) of Reinforce-Ada-Seq as coded
 # --------------------------------------------------------------------------------------------
-# p: (pos E[N], pos P(unres), balanced E[N], balanced P(unres)), algorithms.md §7
+# p: (pos E[N], pos P(unres), balanced E[N], balanced P(unres)), docs/methods.md
 TABLE = {
     0.01: (28.5, 0.725, 31.7, 0.959),
     0.05: (19.2, 0.194, 27.3, 0.520),
@@ -253,7 +255,7 @@ def test_seq_bounds_on_random_batches(m, p, name, downsample, seed):
 
 
 # --------------------------------------------------------------------------------------------
-# Est: allocation (§4.2) and advantage
+# Est: allocation (docs/methods.md#ada-est) and advantage
 # --------------------------------------------------------------------------------------------
 def reference_est(w, total, base, cap):
     """The allocation of ``ray_trainer_ema.py`` restated in plain Python."""
@@ -361,6 +363,6 @@ def test_est_advantage_options():
 
 def test_est_docstring_total_is_an_option():
     a = parse_spec("ada-est:total_factor=2").build()
-    assert a.uses_budget is False and type(a).uses_budget is True
+    assert a.capabilities().spend == "own" and type(a).caps.spend == "budget"
     r = one_step(a, BernoulliSource(0.3, 0), 16, budget=128)
     assert r.counts.generated.sum() == 256

@@ -19,14 +19,15 @@ TARGET = 0.45
 
 
 def _row(method: str, seed: int, final: float, budget: int = 2048, to_target=np.nan,
-         scenario: str = "dapo-math") -> dict:
-    cfg = {"method": method, "seed": seed, "budget": budget, "scenario": scenario}
+         scenario: str = "dapo-math", frozen: bool = False) -> dict:
+    cfg = {"method": method, "seed": seed, "budget": budget, "scenario": scenario,
+           "frozen": frozen}
     return {
         "timestamp": "2026-01-01T00:00:00+00:00", "mode": "simulate",
         "run_id": f"{scenario}-{method}-{budget}-s{seed}", "scenario": scenario,
         "model": "simulator", "method": method, "method_name": method.split(":")[0],
         "seed": seed, "budget": budget, "prompts_per_step": 256, "steps": 100,
-        "initial_test_accuracy": 0.37, "final_test_accuracy": final,
+        "eval_every": 10, "frozen": frozen, "initial_test_accuracy": 0.37, "final_test_accuracy": final,
         "auc_test_accuracy": (0.37 + final) / 2, "target_accuracy": TARGET,
         "rollouts_to_target": to_target, "rollouts": budget * 100, "tokens": budget * 100 * 1000,
         "train_samples": budget * 100, "final_train_reward": 0.5,
@@ -177,8 +178,8 @@ def test_duplicates_count_once_and_arms_name_varying_settings(tmp_path):
     assert row["diff"] == pytest.approx(0.04) and row["paired_seeds"] == 6
     assert ("uniform (budget=2048)", "uniform (budget=2048)") not in cross.index
     assert len(cross) == 2 * 2 + 2  # better, worse x 2 baselines; each uniform vs the other
-    # a frozen-policy run (final accuracy = initial) is its own arm, never pooled
-    frozen = _row("uniform", 9, 0.37)
+    # a frozen-policy run (the frozen column) is its own arm, never pooled
+    frozen = _row("uniform", 9, 0.37, frozen=True)
     append_rows(path, [frozen])
     labelled = R.label_arms(R.load_rows([path]))
     uni = labelled[(labelled["method"] == "uniform") & (labelled["budget"] == 2048)]

@@ -8,8 +8,13 @@ import pandas as pd
 import pytest
 
 from bench import results
-from bench.results import (LEADERBOARD_COLUMNS, ResultsError, append_rows, read_leaderboard,
-                           write_run_folder)
+from bench.results import (
+    LEADERBOARD_COLUMNS,
+    ResultsError,
+    append_rows,
+    read_leaderboard,
+    write_run_folder,
+)
 
 
 def row(i: int) -> dict:

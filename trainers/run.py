@@ -1,44 +1,51 @@
-"""One GRPO training run on a real model, driven through the allocator contract.
+"""One GRPO training run on a real model: the shared loop (``allocators/loop.py``) with the policy
+as its learner.
 
-The loop is the simulator's (``simulator/run.py``) with a language model in place of the learning
-model: for each step, ``allocator.step(Step(...))`` selects prompts, allocates and samples through
-the ``ModelSource`` (generation + verifier) and builds the ``TrainBatch``; the trainer updates the
-policy on exactly the samples, advantages and weights of ``result.train`` (``grpo.grpo_update``),
-syncs the new weights into the generation backend, and calls ``allocator.observe(result)``. The
-trainer never asks which method runs. Step metrics and run metrics come from
-``allocators.metrics``, so rows mean the same as the simulator's.
+For each step, ``allocator.step(Step(...))`` selects prompts, allocates and samples through the
+``ModelSource`` (generation + verifier) and builds the ``TrainBatch``; the ``PolicyLearner``
+updates the policy on exactly the samples, advantages and weights of ``result.train``
+(``grpo.grpo_update``) and syncs the new weights into the generation backend; then
+``allocator.observe(result)``. The trainer never asks which method runs; rows mean the same as
+the simulator's.
 
 Seeds: the task's prompts depend on (task, seed); the prompt order, the allocator's generator and
 the generation seeds are derived from the seed separately, so methods are compared on the same
 prompts in the same order.
 
 Checkpoints (``runs/<run-id>/checkpoint/state.pt``) hold the model, the optimiser, the
-allocator's ``state_dict``, the prompt stream, the allocator's generator and the tables so far;
-they are written every ``checkpoint_every`` steps and when a stop is requested (Ctrl-C), each by
-atomic rename. ``resume`` continues from the last one and reproduces the uninterrupted run.
+allocator's ``state_dict``, the prompt stream, the generators and the loop's ``Progress``; they
+are written every ``checkpoint_every`` steps and when a stop is requested (Ctrl-C), each by atomic
+rename. ``resume`` continues from the last one and reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import pandas as pd
 
-from allocators.base import PromptStream, Step
-from allocators.metrics import STEP_METRICS, run_metrics, step_metrics
+from allocators.base import PromptStream, SettingsError, StepResult, validate
+from allocators.loop import (
+    HIST_BINS,
+    LEARN_STATS,
+    Interrupted,
+    Progress,
+    RunOutput,
+    Schedule,
+    observed_rate_histogram,
+    run,
+    summarize,
+    tables,
+)
 from allocators.registry import MethodSpec, parse_spec
 from trainers.backends import GenParams, check_backend
 from trainers.grpo import GRPOConfig
 from trainers.models import EMBEDDED
 from trainers.tasks import CHAIN_SUM, TASKS, Task, TaskError, chain_sum, dataset_task
-
-UPDATE_STATS = ("pg_loss", "kl", "clip_frac", "grad_norm")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class TrainConfig:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "TrainConfig":
+    def from_dict(d: dict) -> TrainConfig:
         d = dict(d)
         grpo = GRPOConfig(**d.pop("grpo", {}))
         names = {f.name for f in fields(TrainConfig)}
@@ -83,24 +90,6 @@ class TrainConfig:
     @property
     def task_name(self) -> str:
         return Path(self.dataset).stem if self.dataset else self.task
-
-
-class Interrupted(Exception):
-    """A stop was requested: the run checkpointed after ``step`` steps and can be resumed."""
-
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"stopped after step {step}")
-        self.run_dir = run_dir
-        self.step = step
-
-
-@dataclass
-class RunOutput:
-    config: dict
-    summary: dict
-    steps: pd.DataFrame
-    evals: pd.DataFrame
-    allocation: pd.DataFrame
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,23 +106,26 @@ def build_task(cfg: TrainConfig) -> Task:
 
 def check_config(cfg: TrainConfig) -> MethodSpec:
     """Validate everything that can be checked before a model is loaded."""
+    from trainers.source import ModelSource
+
     spec = cfg.spec()
     check_backend(cfg.backend)
-    alloc = spec.build()
-    cls = type(alloc)
-    if getattr(alloc, "needs_gradients", False):
-        raise ValueError(f"{spec.label} needs per-prompt policy gradients (CROPI's influence "
-                         f"score), which bench train does not compute; use "
-                         f"{spec.name}:score=random or {spec.name}:score=difficulty_random")
-    if cfg.prompts_per_step < 1 or cfg.steps < 1 or cfg.budget < 1:
-        raise ValueError("steps, budget and prompts per step must be positive")
-    if cls.uses_budget and cfg.budget < cfg.prompts_per_step * cls.min_rollouts_per_prompt:
-        raise ValueError(f"budget {cfg.budget} is below {cls.min_rollouts_per_prompt} rollouts "
-                         f"for each of {cfg.prompts_per_step} prompts ({spec.name})")
+    validate(spec.build(), spec.label, cfg.budget, cfg.prompts_per_step, ModelSource.provides)
+    if cfg.steps < 1:
+        raise SettingsError("steps must be positive")
     for what, value in (("gen", cfg.gen_dtype), ("train", cfg.train_dtype)):
         if value not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"{what} dtype must be auto, bf16 or fp32, not {value!r}")
+            raise SettingsError(f"{what} dtype must be auto, bf16 or fp32, not {value!r}")
     return spec
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The run's leaderboard identity columns (``frozen``: learning rate 0)."""
+    spec = cfg.spec()
+    return {"mode": "train", "scenario": cfg.task_name, "model": cfg.model,
+            "method": spec.label, "method_name": spec.name, "seed": cfg.seed,
+            "budget": cfg.budget, "prompts_per_step": cfg.prompts_per_step, "steps": cfg.steps,
+            "eval_every": cfg.eval_every, "frozen": cfg.grpo.lr == 0}
 
 
 def resolved_config(cfg: TrainConfig, task: Task, model_path: str, gen_dtype: str,
@@ -150,12 +142,11 @@ class _Policy:
 
     def __init__(self, cfg: TrainConfig):
         import torch
+        from transformers.utils import logging as hf_logging
 
         from trainers.backends import TransformersBackend, VLLMBackend
         from trainers.grpo import make_optimizer
         from trainers.models import bf16_supported, load_model, load_tokenizer, resolve_model
-
-        from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.path = resolve_model(cfg.model)
@@ -190,16 +181,50 @@ class _Policy:
                                                cfg.gen_batch_size)
 
 
+
+class PolicyLearner:
+    """The trainer's ``Learner``: the GRPO update on the step's training batch, the weights
+    synced into the generation backend, greedy test accuracy, and the allocation histogram by
+    each group's observed pass rate in its step."""
+
+    def __init__(self, policy: _Policy, source):
+        self.policy = policy
+        self.source = source
+        self.hist_prompts = np.zeros(HIST_BINS, np.int64)
+        self.hist_rollouts = np.zeros(HIST_BINS, np.int64)
+
+    def learn(self, result: StepResult) -> dict[str, float]:
+        from trainers.grpo import grpo_update
+
+        p = self.policy
+        prompts, responses, adv, weights = train_inputs(result, self.source.prompt_tokens)
+        upd = grpo_update(p.model, p.optimizer, prompts, responses, adv, weights, p.grpo,
+                          p.pad_id, p.ref)
+        p.backend.sync(p.model)
+        observed_rate_histogram(result, self.hist_prompts, self.hist_rollouts)
+        return {k: upd[k] for k in LEARN_STATS}
+
+    def evaluate(self) -> float:
+        return self.source.test_accuracy()[0]
+
+    def take_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        out = self.hist_prompts.copy(), self.hist_rollouts.copy()
+        self.hist_prompts[:] = 0
+        self.hist_rollouts[:] = 0
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def train_inputs(result, prompt_tokens: list[list[int]]):
+def train_inputs(result: StepResult, prompt_tokens: list[list[int]]):
     """The update's inputs from the allocator's ``TrainBatch``: for each trained sample (in
     ``result.train.index`` order) its prompt tokens, response tokens, advantage and weight."""
     train = result.train
-    extra = result.samples.extra or []
-    prompts = [prompt_tokens[extra[i][0]] for i in train.index]
-    responses = [extra[i][1] for i in train.index]
+    s = result.samples
+    tokens = s.tokens or []
+    prompts = [prompt_tokens[s.prompt_ids[i]] for i in train.index]
+    responses = [tokens[i] for i in train.index]
     return prompts, responses, np.asarray(train.advantages), np.asarray(train.weights)
 
 
@@ -216,7 +241,6 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
     """
     import torch
 
-    from trainers.grpo import grpo_update
     from trainers.source import ModelSource
 
     run_dir = Path(run_dir)
@@ -224,24 +248,22 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
     check_config(cfg)
     task = build_task(cfg)
     if cfg.prompts_per_step > len(task.train_prompts):
-        raise ValueError(f"{cfg.prompts_per_step} prompts per step but the task has only "
-                         f"{len(task.train_prompts)} training prompts")
+        raise SettingsError(f"{cfg.prompts_per_step} prompts per step but the task has only "
+                            f"{len(task.train_prompts)} training prompts")
     policy = _Policy(cfg)
     config = resolved_config(cfg, task, policy.path, policy.gen_dtype, policy.train_dtype)
     params = GenParams(cfg.max_new_tokens, cfg.grpo.temperature, cfg.top_p)
     source = ModelSource(policy.backend, policy.tokenizer, task, params, cfg.seed)
+    learner = PolicyLearner(policy, source)
     n_prompts = len(task.train_prompts)
     stream = PromptStream(n_prompts, np.random.default_rng([cfg.seed, 2]))
     alloc_rng = np.random.default_rng([cfg.seed, 3])
     allocator = cfg.spec().build()
     allocator.reset(n_prompts, alloc_rng)
-    if hasattr(allocator, "bind_source"):
-        allocator.bind_source(source)
+    schedule = Schedule(cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every,
+                        cfg.target_accuracy)
 
-    rows: list[dict] = []
-    evals: list[dict] = []
-    alloc_rows: list[tuple] = []
-    start, wall_before = 0, 0.0
+    start = None
     if resume:
         state = torch.load(ckpt_dir / "state.pt", weights_only=False, map_location="cpu")
         policy.model.load_state_dict(state["model"])
@@ -251,92 +273,31 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
         stream.rng.bit_generator.state = state["stream_rng"]
         alloc_rng.bit_generator.state = state["alloc_rng"]
         torch.set_rng_state(state["torch_rng"])
-        rows, evals, alloc_rows = state["rows"], state["evals"], state["allocation"]
-        start, wall_before = int(state["step"]), float(state["wall_seconds"])
+        start = Progress(**state["progress"])
+        learner.hist_prompts[:] = state["hist"][0]
+        learner.hist_rollouts[:] = state["hist"][1]
         policy.backend.sync(policy.model)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True,
                                                         default=str))
 
-    def checkpoint(done: int, wall: float) -> None:
+    def checkpoint(prog: Progress) -> None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {"step": done, "wall_seconds": wall, "config": cfg.to_dict(),
+        state = {"config": cfg.to_dict(), "step": prog.done, "progress": asdict(prog),
                  "model": policy.model.state_dict(), "optimizer": policy.optimizer.state_dict(),
                  "allocator": allocator.state_dict(), "stream": stream.state_dict(),
                  "stream_rng": stream.rng.bit_generator.state,
                  "alloc_rng": alloc_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "rows": rows, "evals": evals, "allocation": alloc_rows}
+                 "hist": (learner.hist_prompts.copy(), learner.hist_rollouts.copy())}
         tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, ckpt_dir / "state.pt")
 
-    t_start = time.perf_counter()
-    cum_rollouts = rows[-1]["cum_rollouts"] if rows else 0
-    cum_tokens = rows[-1]["cum_tokens"] if rows else 0
-    if not evals:
-        acc, _ = source.test_accuracy()
-        evals.append({"step": 0, "rollouts": 0, "tokens": 0, "test_accuracy": acc})
-        if progress is not None:
-            progress(0, {"test_accuracy": acc})
-    for t in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        source.begin_step(t)
-        step = Step(t, stream, source, cfg.budget, cfg.prompts_per_step, alloc_rng)
-        result = allocator.step(step)
-        gen_seconds = step.source_seconds
-        t1 = time.perf_counter()
-        prompts, responses, adv, weights = train_inputs(result, source.prompt_tokens)
-        upd = grpo_update(policy.model, policy.optimizer, prompts, responses, adv, weights,
-                          policy.grpo, policy.pad_id, policy.ref)
-        policy.backend.sync(policy.model)
-        allocator.observe(result)
-        train_seconds = time.perf_counter() - t1
-        m = step_metrics(result.counts, result.solver_seconds)
-        cum_rollouts += m["rollouts"]
-        cum_tokens += m["tokens"]
-        row = {"step": t + 1, **m, **{k: upd[k] for k in UPDATE_STATS},
-               "cum_rollouts": cum_rollouts, "cum_tokens": cum_tokens,
-               "gen_seconds": gen_seconds, "train_seconds": train_seconds,
-               "step_seconds": time.perf_counter() - t0,
-               "gen_tokens_per_second": m["tokens"] / gen_seconds if gen_seconds > 0 else 0.0}
-        counts = result.counts.generated
-        values, freq = np.unique(counts, return_counts=True)
-        alloc_rows.extend((t + 1, int(v), int(f)) for v, f in zip(values, freq))
-        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.steps:
-            acc, _ = source.test_accuracy()
-            evals.append({"step": t + 1, "rollouts": cum_rollouts, "tokens": cum_tokens,
-                          "test_accuracy": acc})
-            row["test_accuracy"] = acc
-        rows.append(row)
-        if progress is not None:
-            progress(t + 1, row)
-        wall = wall_before + time.perf_counter() - t_start
-        stop = should_stop()
-        if t + 1 < cfg.steps and (stop or (t + 1) % cfg.checkpoint_every == 0):
-            checkpoint(t + 1, wall)
-        if stop and t + 1 < cfg.steps:
-            raise Interrupted(run_dir, t + 1)
-    wall = wall_before + time.perf_counter() - t_start
-
-    steps = pd.DataFrame(rows)
-    ev = pd.DataFrame(evals)
-    allocation = pd.DataFrame(alloc_rows, columns=["step", "rollouts_per_prompt", "prompts"])
-    summary = {
-        "initial_test_accuracy": float(ev["test_accuracy"].iloc[0]),
-        **run_metrics(ev["rollouts"].to_numpy(float), ev["test_accuracy"].to_numpy(float),
-                      cfg.target_accuracy),
-        "target_accuracy": cfg.target_accuracy,
-        "rollouts": int(cum_rollouts),
-        "tokens": int(cum_tokens),
-        "train_samples": int(steps["train_samples"].sum()),
-        "final_train_reward": float(np.nanmean(steps["train_reward"].to_numpy()[-max(1, cfg.eval_every):])),
-        "mean_effective_grad_ratio": float(steps["effective_grad_ratio"].mean()),
-        "mean_effective_prompt_ratio": float(steps["effective_prompt_ratio"].mean()),
-        "solver_seconds_per_step": float(steps["solver_seconds"].mean()),
-        "wall_seconds": wall,
-    }
-    return RunOutput(config, summary, steps, ev, allocation)
+    prog, _ = run(allocator, source, learner, stream, schedule, start, progress, should_stop,
+                  checkpoint, cfg.checkpoint_every)
+    steps, evals, allocation = tables(prog)
+    return RunOutput(config, identity(cfg), summarize(prog, schedule), steps, evals, allocation)
 
 
 def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:
@@ -351,4 +312,4 @@ def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:
 
 
 __all__ = ["TrainConfig", "RunOutput", "Interrupted", "run_training", "build_task",
-           "check_config", "load_checkpoint_config", "replace", "STEP_METRICS"]
+           "check_config", "load_checkpoint_config", "identity", "replace"]

@@ -2,7 +2,7 @@
 
 ``sample(prompt_ids, counts)`` generates ``counts[i]`` responses for training prompt
 ``prompt_ids[i]`` in one backend call, scores them (binary reward), and returns ``Samples`` with
-per-sample ``extra = (prompt_id, response token ids)`` that the policy update trains on, and
+the response token ids (``tokens``) that the policy update trains on, and
 ``answers``: 0 for a correct response, else a small id per distinct extracted answer of that
 prompt within the step (1, 2, ... in order of appearance; no answer is an answer of its own),
 as the simulator's answers are, for answer-level methods such as C-GRPO. Every
@@ -29,6 +29,8 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 
 class ModelSource:
+    provides = frozenset({"answers"})
+
     def __init__(self, backend, tokenizer, task: Task, params: GenParams, seed: int):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -66,10 +68,10 @@ class ModelSource:
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         rewards = self.task.verify(texts, [self.task.train_answers[i] for i in ids])
         lengths = np.array([len(r) for r in responses], np.int64)
-        extra = [(int(i), r) for i, r in zip(ids, responses)]
         answers = np.array([self._answer_id(int(i), rw > 0.5, t)
                             for i, rw, t in zip(ids, rewards, texts)], np.int64)
-        return Samples(ids, rewards, lengths, answers=answers, extra=extra)
+        return Samples.from_request(prompt_ids, counts, rewards, lengths, answers=answers,
+                                    tokens=list(responses))
 
     def test_accuracy(self) -> tuple[float, int]:
         """Greedy accuracy on the held-out test prompts, and the tokens it generated."""

@@ -1,6 +1,6 @@
 """Generation throughput of `bench train`'s transformers backend against plain `model.generate`.
 
-    python -m bench.train_speed [--prompts 8] [--n 8] [--max-new-tokens 32] [--repeats 3]
+    python scripts/train_speed.py [--prompts 8] [--n 8] [--max-new-tokens 32] [--repeats 3]
 
 Same prompts (the embedded chain-sum task), same sampling settings (T = 0.7), same model (the
 embedded SmolLM2-135M-Instruct unless --model). Three ways to generate one step's samples:

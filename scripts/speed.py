@@ -1,6 +1,6 @@
 """Simulator throughput: simulated rollouts per second, end to end, per method.
 
-    python -m bench.speed [--methods uniform,...] [--steps 2000] [--prompts 256] [--n 8]
+    python scripts/speed.py [--methods uniform,...] [--steps 2000] [--prompts 256] [--n 8]
 
 Each method runs once briefly to compile its kernels, then ``--repeats`` timed runs of
 ``--steps`` steps on one core (no pool); the table gives the best run's rollouts per second and

@@ -1,6 +1,6 @@
-"""Precision@10% of CROPI's projected influence ranking against the exact one (algorithms.md §5.1).
+"""Precision@10% of CROPI's projected influence ranking against the exact one (docs/methods.md#cropi).
 
-    python -m bench.cropi_precision [--scenario cropi-math] [--seed 0] [--trained-steps 100]
+    python scripts/cropi_precision.py [--scenario cropi-math] [--seed 0] [--trained-steps 100]
         [--sparsity 1,0.5,0.25,0.1,0.05] [--proj-dims 16,32,64,128,256,512,1024]
         [--projection gaussian] [--repeats 3]
 
@@ -41,11 +41,6 @@ from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import SCENARIOS, build_world
 
 
-def run_command(cmd: click.Command) -> None:
-    """Run a click command as a script: bad input prints one line, ``Error: ...``, exit code 2."""
-    run_one_line(cmd.main)
-
-
 def _floats(text: str, name: str) -> list[float]:
     try:
         out = [float(x) for x in text.split(",") if x.strip()]
@@ -67,13 +62,12 @@ def exact_gradients(scenario: str, seed: int, trained_steps: int, budget: int,
     rng = np.random.default_rng([seed, 3])
     cropi = Cropi(CropiConfig(projection="identity", sparsity=1.0))
     cropi.reset(s.num_prompts, rng)
-    cropi.bind_source(source)
     # offline rollouts at the initial policy (CROPI's step 0; its training batch is not learned)
-    cropi.step(Step(0, stream, source, budget, prompts_per_step, rng))
+    cropi.step(Step(0, stream, source, budget, prompts_per_step))
     uniform = parse_spec("uniform").build()
     uniform.reset(s.num_prompts, rng)
     for t in range(trained_steps):
-        r = uniform.step(Step(t, stream, source, budget, prompts_per_step, rng))
+        r = uniform.step(Step(t, stream, source, budget, prompts_per_step))
         model.learn(r)
     cand = np.flatnonzero(cropi.informative).astype(np.int64)
     train = cropi.train_gradients(cand, None)
@@ -148,4 +142,4 @@ def main(scenario, seed, trained_steps, sparsity, proj_dims, projection, repeats
 
 
 if __name__ == "__main__":
-    run_command(main)
+    run_one_line(main.main)

@@ -2,9 +2,9 @@
 
     bench simulate --scenario cropi-math --methods uniform,cropi,cropi:score=random \\
         --seeds 3 --steps 200 --runs-dir runs/cropi
-    python -m bench.cropi_speedup --runs-dir runs/cropi [--baseline uniform]
+    python scripts/cropi_speedup.py --runs-dir runs/cropi [--baseline uniform]
 
-CROPI's headline claim (algorithms.md §5.1): 2.66× step-level acceleration versus full-dataset
+CROPI's headline claim (docs/methods.md#cropi): 2.66× step-level acceleration versus full-dataset
 training. For every seed, the baseline run's final test accuracy A* is the target; a method's
 speed-up is (baseline steps) / (steps the method needs to reach A*), the crossing step linearly
 interpolated between evaluation points; the rollout-level speed-up uses cumulative rollouts
@@ -27,8 +27,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bench.cropi_precision import run_command
-from bench.errors import usage_error
+from bench.errors import run_one_line, usage_error
 
 
 def crossing(x: np.ndarray, acc: np.ndarray, target: float) -> float:
@@ -133,4 +132,4 @@ def main(runs_dir, baseline, scenario, horizons):
 
 
 if __name__ == "__main__":
-    run_command(main)
+    run_one_line(main.main)
