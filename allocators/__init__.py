@@ -3,16 +3,25 @@ per-prompt statistics in ``stats``, the advantage rules in ``advantages`` and th
 ``metrics``. Imports neither the simulator nor torch."""
 
 from allocators.base import (
-                             Allocator,
-                             AllocatorConfig,
-                             GroupCounts,
-                             PromptStream,
-                             RolloutSource,
-                             Samples,
-                             Step,
-                             StepResult,
-                             TrainBatch,
+    Allocator,
+    AllocatorConfig,
+    GroupCounts,
+    PromptStream,
+    RolloutSource,
+    Samples,
+    Step,
+    StepResult,
+    TrainBatch,
 )
 
-__all__ = ["Allocator", "AllocatorConfig", "GroupCounts", "PromptStream", "RolloutSource",
-           "Samples", "Step", "StepResult", "TrainBatch"]
+__all__ = [
+    "Allocator",
+    "AllocatorConfig",
+    "GroupCounts",
+    "PromptStream",
+    "RolloutSource",
+    "Samples",
+    "Step",
+    "StepResult",
+    "TrainBatch",
+]

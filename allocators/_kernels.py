@@ -62,11 +62,28 @@ def grpo_advantages(num_groups, group, rewards, eps, scale_by_std):
 
 
 @njit(cache=True)
-def stats_update(prompt_ids, group, rewards, step,
-                 count, success, visits, last_step, last_n, last_s,
-                 ring, ring_pos, ring_fill,
-                 win_n, win_s, win_pos, win_fill,
-                 ema_n, ema_s, ema_decay):
+def stats_update(
+    prompt_ids,
+    group,
+    rewards,
+    step,
+    count,
+    success,
+    visits,
+    last_step,
+    last_n,
+    last_s,
+    ring,
+    ring_pos,
+    ring_fill,
+    win_n,
+    win_s,
+    win_pos,
+    win_fill,
+    ema_n,
+    ema_s,
+    ema_decay,
+):
     """Record one step's rewards. ``prompt_ids`` are the batch's prompts (one per group);
     ``group``/``rewards`` every sample of the step in generation order."""
     num_groups = prompt_ids.shape[0]

@@ -13,13 +13,23 @@ from allocators._kernels import grpo_advantages
 GRPO_EPS = 1e-6
 
 
-def group_normalized(group: np.ndarray, rewards: np.ndarray, num_groups: int,
-                     eps: float = GRPO_EPS, scale_by_std: bool = True) -> np.ndarray:
+def group_normalized(
+    group: np.ndarray,
+    rewards: np.ndarray,
+    num_groups: int,
+    eps: float = GRPO_EPS,
+    scale_by_std: bool = True,
+) -> np.ndarray:
     """verl GRPO over variable-size groups: A = (r − mean_g) / (std_g + eps), torch's unbiased
     std; a group of one sample has mean 0 and std 1 (verl), so its advantage is r.
     ``scale_by_std=False`` gives A = r − mean_g (Dr. GRPO / ``norm_adv_by_std_in_grpo=False``)."""
-    return grpo_advantages(int(num_groups), np.asarray(group, np.int64),
-                           np.asarray(rewards, np.float64), float(eps), bool(scale_by_std))
+    return grpo_advantages(
+        int(num_groups),
+        np.asarray(group, np.int64),
+        np.asarray(rewards, np.float64),
+        float(eps),
+        bool(scale_by_std),
+    )
 
 
 def clip(advantages: np.ndarray, limit: float) -> np.ndarray:

@@ -57,24 +57,39 @@ class Samples:
         return int(self.prompt_ids.shape[0])
 
     @staticmethod
-    def from_request(prompt_ids: np.ndarray, counts: np.ndarray, rewards: np.ndarray,
-                     lengths: np.ndarray, answers: np.ndarray | None = None,
-                     tokens: list[Sequence[int]] | None = None) -> Samples:
+    def from_request(
+        prompt_ids: np.ndarray,
+        counts: np.ndarray,
+        rewards: np.ndarray,
+        lengths: np.ndarray,
+        answers: np.ndarray | None = None,
+        tokens: list[Sequence[int]] | None = None,
+    ) -> Samples:
         """A source's answer to ``sample(prompt_ids, counts)``: ``counts[i]`` responses of
         ``prompt_ids[i]`` for every ``i``, in request order."""
         counts = np.asarray(counts, np.int64)
         ids = np.repeat(np.asarray(prompt_ids, np.int64), counts)
         group = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-        return Samples(ids, group, np.asarray(rewards, np.float64),
-                       np.asarray(lengths, np.int64), answers, tokens)
+        return Samples(
+            ids,
+            group,
+            np.asarray(rewards, np.float64),
+            np.asarray(lengths, np.int64),
+            answers,
+            tokens,
+        )
 
     def take(self, index: np.ndarray) -> Samples:
         """The samples at ``index``, in that order."""
         index = np.asarray(index, np.int64)
-        return Samples(self.prompt_ids[index], self.group[index], self.rewards[index],
-                       self.lengths[index],
-                       None if self.answers is None else self.answers[index],
-                       None if self.tokens is None else [self.tokens[i] for i in index])
+        return Samples(
+            self.prompt_ids[index],
+            self.group[index],
+            self.rewards[index],
+            self.lengths[index],
+            None if self.answers is None else self.answers[index],
+            None if self.tokens is None else [self.tokens[i] for i in index],
+        )
 
     @staticmethod
     def concat(parts: list[Samples]) -> Samples:
@@ -91,11 +106,14 @@ class Samples:
         tokens = None
         if all(p.tokens is not None for p in parts):
             tokens = [t for p in parts for t in p.tokens]  # type: ignore[union-attr]
-        return Samples(np.concatenate([p.prompt_ids for p in parts]),
-                       np.concatenate([p.group for p in parts]),
-                       np.concatenate([p.rewards for p in parts]),
-                       np.concatenate([p.lengths for p in parts]),
-                       cat([p.answers for p in parts]), tokens)
+        return Samples(
+            np.concatenate([p.prompt_ids for p in parts]),
+            np.concatenate([p.group for p in parts]),
+            np.concatenate([p.rewards for p in parts]),
+            np.concatenate([p.lengths for p in parts]),
+            cat([p.answers for p in parts]),
+            tokens,
+        )
 
 
 class RolloutSource(Protocol):
@@ -133,18 +151,19 @@ class TrainBatch:
     @staticmethod
     def all_of(samples: Samples, advantages: np.ndarray) -> TrainBatch:
         n = len(samples)
-        return TrainBatch(np.arange(n, dtype=np.int64), np.asarray(advantages, np.float64),
-                          np.ones(n, np.float64))
+        return TrainBatch(
+            np.arange(n, dtype=np.int64), np.asarray(advantages, np.float64), np.ones(n, np.float64)
+        )
 
 
 @dataclass
 class GroupCounts:
     """Per-group tallies of a finished step (one entry per prompt in the batch)."""
 
-    generated: np.ndarray   # rollouts generated
-    successes: np.ndarray   # rewarded rollouts among them
-    tokens: np.ndarray      # tokens generated
-    trained: np.ndarray     # rollouts that train
+    generated: np.ndarray  # rollouts generated
+    successes: np.ndarray  # rewarded rollouts among them
+    tokens: np.ndarray  # tokens generated
+    trained: np.ndarray  # rollouts that train
     trained_successes: np.ndarray
 
 
@@ -153,11 +172,11 @@ class StepResult:
     """Everything a finished step produced: the input of learn, observe and the metrics."""
 
     step: int
-    prompt_ids: np.ndarray      # the batch, one entry per group
-    samples: Samples            # every sample generated this step, all rounds, in order
+    prompt_ids: np.ndarray  # the batch, one entry per group
+    samples: Samples  # every sample generated this step, all rounds, in order
     train: TrainBatch
     counts: GroupCounts
-    solver_seconds: float       # allocator wall time, generation excluded
+    solver_seconds: float  # allocator wall time, generation excluded
     info: dict = field(default_factory=dict)  # method-specific per-step numbers (logged)
 
 
@@ -185,10 +204,10 @@ class PromptStream:
             raise ValueError(f"cannot take {k} distinct prompts from a pool of {self.num_prompts}")
         end = self._pos + k
         if end <= self.num_prompts:
-            out = self._order[self._pos:end]
+            out = self._order[self._pos : end]
             self._pos = end
             return out
-        head = self._order[self._pos:]
+        head = self._order[self._pos :]
         self.epoch += 1
         order = self.rng.permutation(self.num_prompts)
         if head.size:
@@ -218,8 +237,14 @@ class Step:
     driver checked the source ``provides`` (CROPI's gradients).
     """
 
-    def __init__(self, index: int, stream: PromptStream, source: RolloutSource, budget: int,
-                 prompts_per_step: int):
+    def __init__(
+        self,
+        index: int,
+        stream: PromptStream,
+        source: RolloutSource,
+        budget: int,
+        prompts_per_step: int,
+    ):
         self.index = int(index)
         self.stream = stream
         self.source = source
@@ -250,9 +275,13 @@ class Step:
     @property
     def prompt_ids(self) -> np.ndarray:
         if self._prompt_cache is None:
-            self._prompt_cache = (self._prompts[0] if len(self._prompts) == 1 else
-                                  np.concatenate(self._prompts) if self._prompts else
-                                  np.zeros(0, np.int64))
+            self._prompt_cache = (
+                self._prompts[0]
+                if len(self._prompts) == 1
+                else np.concatenate(self._prompts)
+                if self._prompts
+                else np.zeros(0, np.int64)
+            )
         return self._prompt_cache
 
     @property
@@ -277,8 +306,9 @@ class Step:
         self.source_seconds += time.perf_counter() - t0
         total = int(counts.sum())
         if len(out) != total or out.group.shape != (total,):
-            raise RuntimeError(f"the rollout source returned {len(out)} samples for a request "
-                               f"of {total}")
+            raise RuntimeError(
+                f"the rollout source returned {len(out)} samples for a request of {total}"
+            )
         out.group = groups[out.group]
         self._parts.append(out)
         self.rollouts += total
@@ -294,10 +324,12 @@ class Step:
     # -- finish ----------------------------------------------------------------------------
     def finish(self, train: TrainBatch, solver_seconds: float, info: dict) -> StepResult:
         samples = self.samples
-        counts = GroupCounts(*group_counts(self.num_groups, samples.group, samples.rewards,
-                                           samples.lengths, train.index))
-        return StepResult(self.index, self.prompt_ids, samples, train, counts, solver_seconds,
-                          info)
+        counts = GroupCounts(
+            *group_counts(
+                self.num_groups, samples.group, samples.rewards, samples.lengths, train.index
+            )
+        )
+        return StepResult(self.index, self.prompt_ids, samples, train, counts, solver_seconds, info)
 
 
 def even_split(total: int, parts: int) -> np.ndarray:
@@ -332,8 +364,13 @@ class SettingsError(ValueError):
     """A run's settings that a method cannot run with; the message is one line for the user."""
 
 
-def validate(allocator: Allocator, label: str, budget: int, prompts_per_step: int,
-             provides: frozenset[str] | None = None) -> None:
+def validate(
+    allocator: Allocator,
+    label: str,
+    budget: int,
+    prompts_per_step: int,
+    provides: frozenset[str] | None = None,
+) -> None:
     """Refuse, before a run starts, a budget below the method's minimum or a source that lacks
     what the method needs (``provides=None``: the source is not known yet)."""
     caps = allocator.capabilities()
@@ -341,15 +378,18 @@ def validate(allocator: Allocator, label: str, budget: int, prompts_per_step: in
         raise SettingsError("budget and prompts per step must be positive")
     need = prompts_per_step * caps.min_rollouts_per_prompt
     if caps.spend == "budget" and budget < need:
-        raise SettingsError(f"budget {budget} is below {label}'s minimum of "
-                            f"{caps.min_rollouts_per_prompt} rollouts x {prompts_per_step} "
-                            f"prompts = {need}")
+        raise SettingsError(
+            f"budget {budget} is below {label}'s minimum of "
+            f"{caps.min_rollouts_per_prompt} rollouts x {prompts_per_step} "
+            f"prompts = {need}"
+        )
     if provides is not None:
         missing = sorted(caps.needs - provides)
         if missing:
-            raise SettingsError(f"{label} needs {', '.join(missing)} from the rollout source, "
-                                f"which this mode does not provide"
-                                + allocator.without(frozenset(missing)))
+            raise SettingsError(
+                f"{label} needs {', '.join(missing)} from the rollout source, "
+                f"which this mode does not provide" + allocator.without(frozenset(missing))
+            )
 
 
 # --------------------------------------------------------------------------------------------

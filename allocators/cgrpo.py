@@ -143,26 +143,31 @@ def answers_of(samples: Samples) -> np.ndarray:
 
 @dataclass
 class CgrpoConfig(AllocatorConfig):
-    budget_grid: str = "2,4,8,16,32"   # ascending budgets (comma-separated)
-    delta: float = 0.0                 # 0: automatic from the solve rate
+    budget_grid: str = "2,4,8,16,32"  # ascending budgets (comma-separated)
+    delta: float = 0.0  # 0: automatic from the solve rate
     delta_margin: float = 0.05
     split_delta: bool = False
-    recalibrate_every: int = 50        # 0: calibrate once
-    num_calibration: int = 128         # held-out training prompts
-    eps: float = 1e-4                  # TRL's std epsilon
+    recalibrate_every: int = 50  # 0: calibrate once
+    num_calibration: int = 128  # held-out training prompts
+    eps: float = 1e-4  # TRL's std epsilon
     scale_by_std: bool = True
 
     def grid(self) -> np.ndarray:
-        return np.array(sorted(int(x) for x in str(self.budget_grid).split(",") if x.strip()),
-                        np.int64)
+        return np.array(
+            sorted(int(x) for x in str(self.budget_grid).split(",") if x.strip()), np.int64
+        )
 
     def __post_init__(self):
         try:
             g = self.grid()
         except ValueError:
-            raise ValueError(f"budget_grid must be comma-separated integers, got {self.budget_grid!r}") from None
+            raise ValueError(
+                f"budget_grid must be comma-separated integers, got {self.budget_grid!r}"
+            ) from None
         if g.size == 0 or g[0] < 1 or np.unique(g).size != g.size:
-            raise ValueError(f"budget_grid must be distinct positive integers, got {self.budget_grid!r}")
+            raise ValueError(
+                f"budget_grid must be distinct positive integers, got {self.budget_grid!r}"
+            )
         if not 0.0 <= self.delta < 1.0:
             raise ValueError("delta must be in [0, 1) (0: automatic)")
         if self.recalibrate_every < 0 or self.num_calibration < 1:
@@ -213,8 +218,9 @@ class Cgrpo(Allocator):
             self.solve_rate = solve
         else:
             self.delta = c.delta
-        self.qhats = np.array([conformal_quantile(scores[q_rows, b], self.delta)
-                               for b in range(grid.size)])
+        self.qhats = np.array(
+            [conformal_quantile(scores[q_rows, b], self.delta) for b in range(grid.size)]
+        )
         self._last_calibration = step.index
 
     # -- the step ----------------------------------------------------------------------------
@@ -253,18 +259,26 @@ class Cgrpo(Allocator):
         train_group = np.zeros(step.num_groups, np.bool_)
         train_group[groups] = True
         index = np.flatnonzero(train_group[samples.group]).astype(np.int64)
-        adv = group_normalized(samples.group[index], samples.rewards[index], step.num_groups,
-                               c.eps, c.scale_by_std)
-        info = {"mean_k": float(used.mean()) if used.size else 0.0, "calibrated": int(calibrated),
-                "delta": self.delta, "solve_rate": self.solve_rate,
-                "unresolved": int(active.size)}
+        adv = group_normalized(
+            samples.group[index], samples.rewards[index], step.num_groups, c.eps, c.scale_by_std
+        )
+        info = {
+            "mean_k": float(used.mean()) if used.size else 0.0,
+            "calibrated": int(calibrated),
+            "delta": self.delta,
+            "solve_rate": self.solve_rate,
+            "unresolved": int(active.size),
+        }
         return TrainBatch(index, adv, np.ones(index.size)), info
 
     def state_dict(self) -> dict:
-        return {"calibration_ids": self.calibration_ids.copy(),
-                "qhats": None if self.qhats is None else self.qhats.copy(),
-                "delta": self.delta, "solve_rate": self.solve_rate,
-                "last_calibration": self._last_calibration}
+        return {
+            "calibration_ids": self.calibration_ids.copy(),
+            "qhats": None if self.qhats is None else self.qhats.copy(),
+            "delta": self.delta,
+            "solve_rate": self.solve_rate,
+            "last_calibration": self._last_calibration,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.calibration_ids = np.asarray(state["calibration_ids"], np.int64)

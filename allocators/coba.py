@@ -154,9 +154,9 @@ def weighted_leftover(out, group, p, left, n_up, weight_alpha, fixed):
 @dataclass
 class CobaConfig(AllocatorConfig):
     n_low: int = 2
-    n_up: int = 128                 # script (class default 32)
-    beta_params_sum: float = 11.0   # S; script (class default 7)
-    sliding_window_size: int = 1    # script (class default 3)
+    n_up: int = 128  # script (class default 32)
+    beta_params_sum: float = 11.0  # S; script (class default 7)
+    sliding_window_size: int = 1  # script (class default 3)
     smoothing_factor: float = 0.01
     tau_min: float = 3.0
     tau_max: float = 12.0
@@ -192,8 +192,11 @@ def transform_failure_rate(f: float) -> float:
 class Coba(StaticAllocator):
     name = "coba"
     Config = CobaConfig
-    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2, presets={
-        "class": {"n_up": 32, "beta_params_sum": 7.0, "sliding_window_size": 3}})
+    caps = Capabilities(
+        spend="budget",
+        min_rollouts_per_prompt=2,
+        presets={"class": {"n_up": 32, "beta_params_sum": 7.0, "sliding_window_size": 3}},
+    )
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
@@ -231,32 +234,42 @@ class Coba(StaticAllocator):
         info = {"beta_alpha": self.beta_alpha, "beta_beta": self.beta_beta}
         if m == 0:
             return np.zeros(0, np.int64), info
-        if np.isnan(rates).all() or budget < m * c.n_low:        # 1.
+        if np.isnan(rates).all() or budget < m * c.n_low:  # 1.
             return even_split(budget, m), info
         p = np.where(np.isnan(rates), 0.5, rates)
-        out = np.full(m, c.n_low, np.int64)                         # 2.
+        out = np.full(m, c.n_low, np.int64)  # 2.
         left = budget - m * c.n_low
         if left == 0:
             return out, info
-        hard = np.flatnonzero(p < VERY_HARD)                        # 3.
+        hard = np.flatnonzero(p < VERY_HARD)  # 3.
         easy = np.flatnonzero(p > VERY_EASY)
         explore = np.flatnonzero((p >= VERY_HARD) & (p <= VERY_EASY))
         n_e = explore.size
-        if n_e > 0:                                                 # 4.
-            ratio = (c.exploration_budget_ratio if n_e > m / 2 else
-                     0.6 + (c.exploration_budget_ratio - 0.6) * (n_e / m * 2))
+        if n_e > 0:  # 4.
+            ratio = (
+                c.exploration_budget_ratio
+                if n_e > m / 2
+                else 0.6 + (c.exploration_budget_ratio - 0.6) * (n_e / m * 2)
+            )
         else:
             ratio = 0.6
         eb = int(left * ratio)
-        if n_e > 0 and eb > 0:                                      # 5.
+        if n_e > 0 and eb > 0:  # 5.
             tau = self.tau(p[explore])
-            problem = coba_problem(p[explore], self.beta_alpha, self.beta_beta, tau, c.n_low,
-                                   c.n_up, c.smoothing_factor)
+            problem = coba_problem(
+                p[explore],
+                self.beta_alpha,
+                self.beta_beta,
+                tau,
+                c.n_low,
+                c.n_up,
+                c.smoothing_factor,
+            )
             extra = solve(problem, eb, c.solver)
             out[explore] += extra
             left -= int(extra.sum())
             info["tau"] = tau
-        for group in (hard, explore, easy):                         # 6.
+        for group in (hard, explore, easy):  # 6.
             if left <= 0:
                 break
             if group.size:
@@ -269,8 +282,9 @@ class Coba(StaticAllocator):
         c = self.config
         if c.remaining_budget_method == "uniform":
             return int(uniform_topup(out, group, left, c.n_up))
-        return int(weighted_leftover(out, group, p, left, c.n_up, float(c.weight_alpha),
-                                     c.q4 == "fixed"))
+        return int(
+            weighted_leftover(out, group, p, left, c.n_up, float(c.weight_alpha), c.q4 == "fixed")
+        )
 
     def allocate(self, step: Step, groups: np.ndarray) -> tuple[np.ndarray, dict]:
         return self.budgets(self.success_rates(step.prompt_ids[groups]), step.budget)
@@ -290,8 +304,12 @@ class Coba(StaticAllocator):
         super().observe(result)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "failure_window": list(self.failure_window),
-                "beta_alpha": self.beta_alpha, "beta_beta": self.beta_beta}
+        return {
+            **super().state_dict(),
+            "failure_window": list(self.failure_window),
+            "beta_alpha": self.beta_alpha,
+            "beta_beta": self.beta_beta,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

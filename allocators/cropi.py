@@ -87,7 +87,7 @@ from allocators.base import (
 from allocators.projection import ProjectionKind, SparseRandomProjection, sparse_dim_for
 
 CROPI_ADV_EPS = 1e-4  # get_grad.py / grpo_loss: A = (r − mean) / (std + 1e-4)
-_CHUNK = 1024         # prompts whose full gradients are held at once
+_CHUNK = 1024  # prompts whose full gradients are held at once
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,8 +121,14 @@ class GradientSource(Protocol):
         behaviour log-probabilities."""
         ...
 
-    def prompt_gradients(self, samples: Samples, counts: np.ndarray, behaviour: np.ndarray,
-                         split: str = "train", adv_eps: float = CROPI_ADV_EPS) -> np.ndarray:
+    def prompt_gradients(
+        self,
+        samples: Samples,
+        counts: np.ndarray,
+        behaviour: np.ndarray,
+        split: str = "train",
+        adv_eps: float = CROPI_ADV_EPS,
+    ) -> np.ndarray:
         """One row per prompt: the gradient, at the current policy, of the off-policy GRPO loss
         −(1/n)Σ_j ρ_j A_j with ρ = π_θ/π_β unclipped (``behaviour`` = what ``log_probs``
         returned at sampling time) and A_j = (r_j − mean)/(std + adv_eps), unbiased std."""
@@ -193,19 +199,19 @@ def _take_behaviour(behaviour, index: np.ndarray):
 @dataclass
 class CropiConfig(AllocatorConfig):
     score: Literal["inf_valid_uniform", "inf", "random", "difficulty_random"] = "inf_valid_uniform"
-    ratio: float = 0.1             # SELECT_RATIO (run_cropi.sh)
-    stage_steps: int = 10          # RL_TOTAL_TRAINING_STEPS
-    stages: int = 0                # selections; 0 = re-select every stage until the run ends
-    projection: ProjectionKind = "gaussian"   # trak_norm
-    sparsity: float = 0.5          # share of gradient coordinates kept before projecting
+    ratio: float = 0.1  # SELECT_RATIO (run_cropi.sh)
+    stage_steps: int = 10  # RL_TOTAL_TRAINING_STEPS
+    stages: int = 0  # selections; 0 = re-select every stage until the run ends
+    projection: ProjectionKind = "gaussian"  # trak_norm
+    sparsity: float = 0.5  # share of gradient coordinates kept before projecting
     proj_dim: int = 1024
     proj_seed: int = 0
-    n_offline: int = 8             # N_SAMPLES
-    n_offline_val: int = 32        # N_SAMPLES_VAL
-    max_valid: int = 100           # --max_valid_grads; 0 = every validation prompt
+    n_offline: int = 8  # N_SAMPLES
+    n_offline_val: int = 32  # N_SAMPLES_VAL
+    max_valid: int = 100  # --max_valid_grads; 0 = every validation prompt
     adv_eps: float = CROPI_ADV_EPS
-    resample_random: bool = True   # score=random: a new random subset every stage
-    eps: float = GRPO_EPS          # the stage's GRPO advantage (uniform.py)
+    resample_random: bool = True  # score=random: a new random subset every stage
+    eps: float = GRPO_EPS  # the stage's GRPO advantage (uniform.py)
 
     def __post_init__(self):
         if not 0.0 < self.ratio <= 1.0:
@@ -238,15 +244,15 @@ class Cropi(Allocator):
         super().reset(num_prompts, rng)
         c = self.config
         self.k = max(1, int(self.num_prompts * c.ratio))
-        self.selections = 0          # subsets selected so far
-        self.in_stage = 0            # steps trained on the current subset
+        self.selections = 0  # subsets selected so far
+        self.in_stage = 0  # steps trained on the current subset
         self.subset: np.ndarray | None = None
         self.stream: PromptStream | None = None
         self.projector: SparseRandomProjection | None = None
         self.gradients: GradientSource | None = None  # the step's source (``needs_gradients``)
         # offline rollouts of the training pool (n_offline per prompt, prompt order)
         self.offline: Samples | None = None
-        self.offline_behaviour: Any = None   # per sample, or per token (whatever log_probs gives)
+        self.offline_behaviour: Any = None  # per sample, or per token (whatever log_probs gives)
         self.offline_successes: np.ndarray | None = None
         # validation sets: name -> (prompt ids, samples, counts, behaviour)
         self.valid: dict[str, tuple] = {}
@@ -277,8 +283,9 @@ class Cropi(Allocator):
         pool_in_batch = False
         if self.needs_gradients:  # declared in capabilities(); validate() checked the source
             self.gradients = cast(GradientSource, step.source)
-        if self.subset is None or (self.in_stage >= c.stage_steps
-                                   and (c.stages == 0 or self.selections < c.stages)):
+        if self.subset is None or (
+            self.in_stage >= c.stage_steps and (c.stages == 0 or self.selections < c.stages)
+        ):
             if self.needs_offline and self.offline is None:
                 self._generate_offline(step, info)
                 pool_in_batch = True
@@ -307,8 +314,14 @@ class Cropi(Allocator):
         groups = step.add_prompts(np.arange(n, dtype=np.int64))
         counts = np.full(n, c.n_offline, np.int64)
         off = step.sample(groups, counts)
-        self.offline = Samples(off.prompt_ids, _by_prompt(n, c.n_offline), off.rewards,
-                               off.lengths, off.answers, off.tokens)
+        self.offline = Samples(
+            off.prompt_ids,
+            _by_prompt(n, c.n_offline),
+            off.rewards,
+            off.lengths,
+            off.answers,
+            off.tokens,
+        )
         self.offline_successes = (off.rewards > 0.5).reshape(n, c.n_offline).sum(axis=1)
         info["offline_rollouts"] = int(counts.sum())
         if not self.needs_gradients:
@@ -332,30 +345,42 @@ class Cropi(Allocator):
         return (s > 0) & (s < self.config.n_offline)
 
     # -- scores -------------------------------------------------------------------------
-    def make_projector(self, kind: ProjectionKind | None = None, sparsity: float | None = None,
-                       proj_dim: int | None = None, seed: int | None = None
-                       ) -> SparseRandomProjection:
+    def make_projector(
+        self,
+        kind: ProjectionKind | None = None,
+        sparsity: float | None = None,
+        proj_dim: int | None = None,
+        seed: int | None = None,
+    ) -> SparseRandomProjection:
         c = self.config
         dim = self.grads().grad_dim
         return SparseRandomProjection(
-            dim, sparse_dim_for(dim, c.sparsity if sparsity is None else sparsity),
-            c.proj_dim if proj_dim is None else proj_dim, kind or c.projection,
-            c.proj_seed if seed is None else seed)
+            dim,
+            sparse_dim_for(dim, c.sparsity if sparsity is None else sparsity),
+            c.proj_dim if proj_dim is None else proj_dim,
+            kind or c.projection,
+            c.proj_seed if seed is None else seed,
+        )
 
-    def train_gradients(self, prompts: np.ndarray, projector: SparseRandomProjection | None
-                        ) -> np.ndarray:
+    def train_gradients(
+        self, prompts: np.ndarray, projector: SparseRandomProjection | None
+    ) -> np.ndarray:
         """Projected (or, with ``projector=None``, full) off-policy gradients of training
         ``prompts`` at the current policy, computed ``_CHUNK`` prompts at a time."""
         n_off = self.config.n_offline
         width = self.grads().grad_dim if projector is None else projector.out_dim
         out = np.empty((prompts.size, width))
         for lo in range(0, prompts.size, _CHUNK):
-            chunk = prompts[lo:lo + _CHUNK]
+            chunk = prompts[lo : lo + _CHUNK]
             rows = (chunk[:, None] * n_off + np.arange(n_off)).ravel()
             g = self.grads().prompt_gradients(
-                self._offline().take(rows), np.full(chunk.size, n_off, np.int64),
-                _take_behaviour(self.offline_behaviour, rows), "train", self.config.adv_eps)
-            out[lo:lo + chunk.size] = g if projector is None else projector(g)
+                self._offline().take(rows),
+                np.full(chunk.size, n_off, np.int64),
+                _take_behaviour(self.offline_behaviour, rows),
+                "train",
+                self.config.adv_eps,
+            )
+            out[lo : lo + chunk.size] = g if projector is None else projector(g)
         return out
 
     def validation_gradients(self) -> dict[str, np.ndarray]:
@@ -363,8 +388,7 @@ class Cropi(Allocator):
         enter its target: non-zero rows, subset by a seed-0 permutation."""
         out = {}
         for name, (_vids, vs, vcounts, beh) in self.valid.items():
-            g = self.grads().prompt_gradients(vs, vcounts, beh, "validation",
-                                                self.config.adv_eps)
+            g = self.grads().prompt_gradients(vs, vcounts, beh, "validation", self.config.adv_eps)
             g = g[np.any(g != 0.0, axis=1)]
             if self.config.max_valid and g.shape[0] > self.config.max_valid:
                 g = g[np.random.default_rng(0).permutation(g.shape[0])[: self.config.max_valid]]
@@ -372,8 +396,9 @@ class Cropi(Allocator):
                 out[name] = g
         return out
 
-    def influence(self, projector: SparseRandomProjection | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def influence(
+        self, projector: SparseRandomProjection | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(candidates, scores, set names): cosine of every candidate's projected gradient with
         every validation target at the current policy. Candidates: prompts with mixed offline
         rewards and a non-zero projected gradient."""
@@ -384,8 +409,11 @@ class Cropi(Allocator):
         cand, train = cand[nonzero], train[nonzero]
         vgrads = self.validation_gradients()
         names = list(vgrads)
-        targets = (np.stack([proj(vgrads[v]).mean(axis=0) for v in names]) if names
-                   else np.zeros((0, proj.out_dim)))
+        targets = (
+            np.stack([proj(vgrads[v]).mean(axis=0) for v in names])
+            if names
+            else np.zeros((0, proj.out_dim))
+        )
         return cand, cosine_scores(train, targets), names
 
     # -- selection (select.py) ---------------------------------------------------------
@@ -398,8 +426,11 @@ class Cropi(Allocator):
         if c.score == "difficulty_random":
             cand = np.flatnonzero(self.informative)
             info["candidates"] = int(cand.size)
-            return np.sort(self.rng.permutation(cand)[: self.k]) if cand.size else \
-                np.arange(self.num_prompts)
+            return (
+                np.sort(self.rng.permutation(cand)[: self.k])
+                if cand.size
+                else np.arange(self.num_prompts)
+            )
         if self.projector is None:
             self.projector = self.make_projector()
         cand, scores, names = self.influence(self.projector)
@@ -407,10 +438,13 @@ class Cropi(Allocator):
         info["validation_sets"] = names
         if cand.size == 0:  # nothing informative: train on the whole pool
             return np.arange(self.num_prompts, dtype=np.int64)
-        if not names:       # no validation set has a target: random candidates
+        if not names:  # no validation set has a target: random candidates
             return np.sort(self.rng.permutation(cand)[: self.k])
-        rows = (select_valid_uniform(scores, self.k) if c.score == "inf_valid_uniform"
-                else select_max(scores, self.k))
+        rows = (
+            select_valid_uniform(scores, self.k)
+            if c.score == "inf_valid_uniform"
+            else select_max(scores, self.k)
+        )
         return np.sort(cand[rows])
 
     # -- checkpointing -------------------------------------------------------------------------
@@ -420,20 +454,35 @@ class Cropi(Allocator):
 
         off = self.offline
         return {
-            "selections": self.selections, "in_stage": self.in_stage,
+            "selections": self.selections,
+            "in_stage": self.in_stage,
             "subset": arr(self.subset),
             "stream": None if self.stream is None else self.stream.state_dict(),
-            "offline": None if off is None else {
-                "prompt_ids": arr(off.prompt_ids), "rewards": arr(off.rewards),
-                "lengths": arr(off.lengths), "tokens": off.tokens,
-                "behaviour": (arr(self.offline_behaviour)
-                              if isinstance(self.offline_behaviour, np.ndarray)
-                              else self.offline_behaviour)},
-            "valid": {name: {"ids": arr(v[0]), "rewards": arr(v[1].rewards),
-                             "prompt_ids": arr(v[1].prompt_ids), "lengths": arr(v[1].lengths),
-                             "tokens": v[1].tokens, "counts": arr(v[2]),
-                             "behaviour": arr(v[3]) if isinstance(v[3], np.ndarray) else v[3]}
-                      for name, v in self.valid.items()},
+            "offline": None
+            if off is None
+            else {
+                "prompt_ids": arr(off.prompt_ids),
+                "rewards": arr(off.rewards),
+                "lengths": arr(off.lengths),
+                "tokens": off.tokens,
+                "behaviour": (
+                    arr(self.offline_behaviour)
+                    if isinstance(self.offline_behaviour, np.ndarray)
+                    else self.offline_behaviour
+                ),
+            },
+            "valid": {
+                name: {
+                    "ids": arr(v[0]),
+                    "rewards": arr(v[1].rewards),
+                    "prompt_ids": arr(v[1].prompt_ids),
+                    "lengths": arr(v[1].lengths),
+                    "tokens": v[1].tokens,
+                    "counts": arr(v[2]),
+                    "behaviour": arr(v[3]) if isinstance(v[3], np.ndarray) else v[3],
+                }
+                for name, v in self.valid.items()
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -447,22 +496,34 @@ class Cropi(Allocator):
             self.stream.load_state_dict(state["stream"])
         off = state["offline"]
         if off is not None:
-            self.offline = Samples(np.asarray(off["prompt_ids"], np.int64),
-                                   _by_prompt(self.num_prompts, self.config.n_offline),
-                                   np.asarray(off["rewards"], np.float64),
-                                   np.asarray(off["lengths"], np.int64), tokens=off["tokens"])
+            self.offline = Samples(
+                np.asarray(off["prompt_ids"], np.int64),
+                _by_prompt(self.num_prompts, self.config.n_offline),
+                np.asarray(off["rewards"], np.float64),
+                np.asarray(off["lengths"], np.int64),
+                tokens=off["tokens"],
+            )
             b = off["behaviour"]
-            self.offline_behaviour = None if b is None else (
-                np.asarray(b, np.float64) if off["tokens"] is None else b)
-            self.offline_successes = (self.offline.rewards > 0.5).reshape(
-                -1, self.config.n_offline).sum(axis=1)
+            self.offline_behaviour = (
+                None if b is None else (np.asarray(b, np.float64) if off["tokens"] is None else b)
+            )
+            self.offline_successes = (
+                (self.offline.rewards > 0.5).reshape(-1, self.config.n_offline).sum(axis=1)
+            )
         self.valid = {}
         for name, v in state["valid"].items():
             vcounts = np.asarray(v["counts"], np.int64)
-            vs = Samples(np.asarray(v["prompt_ids"], np.int64),
-                         np.repeat(np.arange(vcounts.size, dtype=np.int64), vcounts),
-                         np.asarray(v["rewards"]), np.asarray(v["lengths"], np.int64),
-                         tokens=v["tokens"])
+            vs = Samples(
+                np.asarray(v["prompt_ids"], np.int64),
+                np.repeat(np.arange(vcounts.size, dtype=np.int64), vcounts),
+                np.asarray(v["rewards"]),
+                np.asarray(v["lengths"], np.int64),
+                tokens=v["tokens"],
+            )
             beh = np.asarray(v["behaviour"], np.float64) if v["tokens"] is None else v["behaviour"]
-            self.valid[name] = (np.asarray(v["ids"], np.int64), vs,
-                                np.asarray(v["counts"], np.int64), beh)
+            self.valid[name] = (
+                np.asarray(v["ids"], np.int64),
+                vs,
+                np.asarray(v["counts"], np.int64),
+                beh,
+            )

@@ -56,8 +56,9 @@ def mixed_groups(groups, group, rewards):
     return out
 
 
-def train_kept_groups(step: Step, kept_parts: list[np.ndarray], target: int,
-                      scale_by_std: bool) -> tuple[TrainBatch, np.ndarray]:
+def train_kept_groups(
+    step: Step, kept_parts: list[np.ndarray], target: int, scale_by_std: bool
+) -> tuple[TrainBatch, np.ndarray]:
     """The training batch of a filtering step: every response of the first ``target`` kept
     groups (in generation order), GRPO advantages within each group; returns it and the groups
     that train. Shared by DAPO and GRESO."""
@@ -66,16 +67,17 @@ def train_kept_groups(step: Step, kept_parts: list[np.ndarray], target: int,
     train_group = np.zeros(step.num_groups, np.bool_)
     train_group[kept] = True
     index = np.flatnonzero(train_group[samples.group]).astype(np.int64)
-    adv = group_normalized(samples.group[index], samples.rewards[index], step.num_groups,
-                           GRPO_EPS, scale_by_std)
+    adv = group_normalized(
+        samples.group[index], samples.rewards[index], step.num_groups, GRPO_EPS, scale_by_std
+    )
     return TrainBatch(index, adv, np.ones(index.size)), kept
 
 
 @dataclass
 class DapoConfig(AllocatorConfig):
-    gen_batch_factor: float = 3.0   # generation batch / training batch, in prompts (script: 3)
-    max_gen_batches: int = 10       # refill limit per step (script: 10)
-    group_size: int = 0             # responses per prompt; 0: budget // prompts_per_step (>= 2)
+    gen_batch_factor: float = 3.0  # generation batch / training batch, in prompts (script: 3)
+    max_gen_batches: int = 10  # refill limit per step (script: 10)
+    group_size: int = 0  # responses per prompt; 0: budget // prompts_per_step (>= 2)
     scale_by_std: bool = True
 
     def __post_init__(self):
@@ -87,8 +89,9 @@ class Dapo(Allocator):
     name = "dapo"
     Config = DapoConfig
     # verl's default gen_batch_size is the training batch: the "lean" preset
-    caps = Capabilities(spend="own", min_rollouts_per_prompt=2,
-                        presets={"lean": {"gen_batch_factor": 1.0}})
+    caps = Capabilities(
+        spend="own", min_rollouts_per_prompt=2, presets={"lean": {"gen_batch_factor": 1.0}}
+    )
 
     def group_size(self, step: Step) -> int:
         n = self.config.group_size
@@ -114,6 +117,9 @@ class Dapo(Allocator):
             kept_parts.append(kept)
             n_kept += kept.size
         batch, kept = train_kept_groups(step, kept_parts, target, c.scale_by_std)
-        info = {"gen_batches": batches, "kept_groups": int(kept.size),
-                "short": int(max(0, target - kept.size))}
+        info = {
+            "gen_batches": batches,
+            "kept_groups": int(kept.size),
+            "short": int(max(0, target - kept.size)),
+        }
         return batch, info

@@ -120,25 +120,27 @@ def extreme_groups(groups, group, rewards):
 
 @dataclass
 class GresoConfig(AllocatorConfig):
-    p_easy: float = 0.5               # initial keep base for all-correct streaks
-    p_hard: float = 0.5               # initial keep base for all-wrong streaks
+    p_easy: float = 0.5  # initial keep base for all-correct streaks
+    p_hard: float = 0.5  # initial keep base for all-wrong streaks
     target_zero_variance: float = 0.25
     adjust_step: float = 0.01
     min_p: float = 0.05
     max_p: float = 0.95
-    floor: float = 0.01               # exploration floor on the keep probability
-    sampling_factor: float = 1.5      # default sampling batch / training batch (384 / 256)
+    floor: float = 0.01  # exploration floor on the keep probability
+    sampling_factor: float = 1.5  # default sampling batch / training batch (384 / 256)
     min_sampling_factor: float = 0.25  # smallest adaptive sampling batch (64 / 256)
-    chunk_factor: float = 0.125       # dataloader batch / training batch (32 / 256)
+    chunk_factor: float = 0.125  # dataloader batch / training batch (32 / 256)
     estimate_inflation: float = 1.25
     max_gen_rounds: int = 10
-    group_size: int = 0               # 0: budget // prompts_per_step (>= 2)
-    history: int = 64                 # visits kept per prompt for the streaks
+    group_size: int = 0  # 0: budget // prompts_per_step (>= 2)
+    history: int = 64  # visits kept per prompt for the streaks
     scale_by_std: bool = True
 
     def __post_init__(self):
-        if not (0 < self.min_p <= self.p_easy <= self.max_p <= 1
-                and self.min_p <= self.p_hard <= self.max_p):
+        if not (
+            0 < self.min_p <= self.p_easy <= self.max_p <= 1
+            and self.min_p <= self.p_hard <= self.max_p
+        ):
             raise ValueError("need 0 < min_p <= p_easy, p_hard <= max_p <= 1")
         if self.sampling_factor <= 0 or self.chunk_factor <= 0 or self.min_sampling_factor <= 0:
             raise ValueError("sampling, chunk and min sampling factors must be > 0")
@@ -163,7 +165,9 @@ class Greso(Allocator):
         n = self.config.group_size
         return n if n > 0 else max(2, step.budget // step.prompts_per_step)
 
-    def _candidates(self, step: Step, k: int, chunk: int, taken: np.ndarray) -> tuple[np.ndarray, int]:
+    def _candidates(
+        self, step: Step, k: int, chunk: int, taken: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """Filtered prompts, drawn chunk by chunk until at least ``k`` pass; also the number
         skipped."""
         s = self.stats
@@ -222,8 +226,13 @@ class Greso(Allocator):
         batch, kept = train_kept_groups(step, kept_parts, target, c.scale_by_std)
         self._sampled, self._easy, self._hard = sampled, easy_total, hard_total
         self._epoch = step.stream.epoch
-        info = {"gen_rounds": rounds, "skipped": skipped, "kept_groups": int(kept.size),
-                "p_easy": self.p_easy, "p_hard": self.p_hard}
+        info = {
+            "gen_rounds": rounds,
+            "skipped": skipped,
+            "kept_groups": int(kept.size),
+            "p_easy": self.p_easy,
+            "p_hard": self.p_hard,
+        }
         return batch, info
 
     def observe(self, result) -> None:

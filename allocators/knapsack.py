@@ -89,21 +89,21 @@ from allocators.stats import PromptStats
 
 @dataclass
 class KnapsackConfig(AllocatorConfig):
-    n: int = 8                      # rollouts of an invalid (unseen) prompt
-    min_n: int = 2                  # base of an effective prompt (0 < p̂ < 1)
+    n: int = 8  # rollouts of an invalid (unseen) prompt
+    min_n: int = 2  # base of an effective prompt (0 < p̂ < 1)
     max_n: int = 128
-    negative_n: int = 2             # valid, p̂ = 0
-    positive_n: int = 2             # valid, p̂ = 1
-    alpha: float = 0.9              # "probability" cost: N with PNZ ≥ alpha
+    negative_n: int = 2  # valid, p̂ = 0
+    positive_n: int = 2  # valid, p̂ = 1
+    alpha: float = 0.9  # "probability" cost: N with PNZ ≥ alpha
     cost_estimation: Literal["probability", "expectation"] = "probability"
     allow_fallback: bool = True
     reward_buffer_length: int = 16
     min_buffer_length: int = 8
     epoch_estimation: bool = True
     robust_epoch_estimation: bool = True
-    adv_clip: float = 5.0           # 0 disables
-    k0_value: Literal["zero", "natural"] = "zero"          # Q1
-    topup: Literal["uncapped", "capped"] = "uncapped"      # Q2
+    adv_clip: float = 5.0  # 0 disables
+    k0_value: Literal["zero", "natural"] = "zero"  # Q1
+    topup: Literal["uncapped", "capped"] = "uncapped"  # Q2
     solver: Literal["fast", "dp", "dp_table", "greedy"] = "fast"
 
     def __post_init__(self):
@@ -126,8 +126,9 @@ class Knapsack(StaticAllocator):
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
-        self.stats = PromptStats(num_prompts, reward_buffer=self.config.reward_buffer_length,
-                                 visit_window=0)
+        self.stats = PromptStats(
+            num_prompts, reward_buffer=self.config.reward_buffer_length, visit_window=0
+        )
 
     # -- 1. state -----------------------------------------------------------------------------
     def state(self, prompt_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +141,9 @@ class Knapsack(StaticAllocator):
             p = st.last_k(prompt_ids, c.reward_buffer_length)
         elif c.robust_epoch_estimation:
             long_visit = st.last_n[prompt_ids] >= c.reward_buffer_length
-            p = np.where(long_visit, st.last_visit(prompt_ids),
-                         st.last_k(prompt_ids, c.reward_buffer_length))
+            p = np.where(
+                long_visit, st.last_visit(prompt_ids), st.last_k(prompt_ids, c.reward_buffer_length)
+            )
         else:
             p = st.last_visit(prompt_ids)
         p = np.where(seen, p, 0.0)
@@ -155,10 +157,11 @@ class Knapsack(StaticAllocator):
         m = p.size
         info = {"fallback": 0.0, "fallback_effective_ratio": 1.0, "effective_prompts": 0}
         eff = valid & (p > 0.0) & (p < 1.0)
-        base = np.where(~valid, c.n, np.where(eff, c.min_n,
-                                              np.where(p == 0.0, c.negative_n, c.positive_n)))
+        base = np.where(
+            ~valid, c.n, np.where(eff, c.min_n, np.where(p == 0.0, c.negative_n, c.positive_n))
+        )
         base = base.astype(np.int64)
-        if base.sum() > budget:                            # B below the base (not official)
+        if base.sum() > budget:  # B below the base (not official)
             known = int(base[valid].sum())
             n_inv = int((~valid).sum())
             if n_inv and budget - known >= n_inv * min(c.min_n, c.n):
@@ -167,11 +170,11 @@ class Knapsack(StaticAllocator):
             return even_split(budget, m), info
         left = budget - int(base.sum())
         out = base
-        p32 = p.astype(np.float32)                         # the official arrays are float32
-        zero = (p32 == 0.0) | ~valid                       # the official array is 0 if invalid
+        p32 = p.astype(np.float32)  # the official arrays are float32
+        zero = (p32 == 0.0) | ~valid  # the official array is 0 if invalid
         n_eff = int(eff.sum())
         info["effective_prompts"] = n_eff
-        if left > 0 and n_eff == 0:                        # 3. no effective prompt
+        if left > 0 and n_eff == 0:  # 3. no effective prompt
             if zero.any():
                 out[zero] += even_split(left, int(zero.sum()))
                 return out, info
@@ -181,27 +184,26 @@ class Knapsack(StaticAllocator):
         pe = p[eff]
         p32e = p32[eff].astype(np.float64)
         with np.errstate(over="ignore", divide="ignore"):
-            if c.cost_estimation == "probability":   # (1 − p̂ rounding to 1: official crash)
+            if c.cost_estimation == "probability":  # (1 − p̂ rounding to 1: official crash)
                 top = np.log(np.maximum(pe, 1.0 - pe))
-                cost = np.where(top < 0.0, np.log(1.0 - c.alpha) / np.minimum(top, -1e-300),
-                                np.inf)
+                cost = np.where(top < 0.0, np.log(1.0 - c.alpha) / np.minimum(top, -1e-300), np.inf)
             else:
                 cost = 1.0 / (pe * (1.0 - pe)) - 1.0
             cost = cost.astype(np.float32)
         est = int(np.minimum(np.float32(c.max_n), cost).astype(np.int64).sum())
-        dest = zero if zero.any() else ~eff                # the fallback's destinations
+        dest = zero if zero.any() else ~eff  # the fallback's destinations
         if c.allow_fallback and est < left and dest.any():  # 4. cost-cap fallback
             info["fallback"] = 1.0
             info["fallback_effective_ratio"] = est / left
             out[dest] += even_split(left - est, int(dest.sum()))
             left = est
-        if left > 0:                                       # 5. knapsack over E
+        if left > 0:  # 5. knapsack over E
             problem = knapsack_problem(p32e, c.min_n, c.max_n, c.k0_value)
             extra = solve(problem, left, c.solver)
             out[eff] += extra
             rest = left - int(extra.sum())
-            if rest > 0:                                   # Q2
-                clean = dest & ~eff       # (float32 can round a tiny p̂ of E to 0)
+            if rest > 0:  # Q2
+                clean = dest & ~eff  # (float32 can round a tiny p̂ of E to 0)
                 if c.topup == "capped" and clean.any():
                     out[clean] += even_split(rest, int(clean.sum()))
                 else:

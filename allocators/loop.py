@@ -24,8 +24,17 @@ from allocators.metrics import STEP_METRICS, run_metrics, step_metrics
 
 # What a learner reports about its update; NaN where a learner has no such number.
 LEARN_STATS = ("grad_norm", "pg_loss", "kl", "clip_frac")
-STEP_COLUMNS = ("step", *STEP_METRICS, *LEARN_STATS, "cum_rollouts", "cum_tokens",
-                "gen_seconds", "update_seconds", "step_seconds", "gen_tokens_per_second")
+STEP_COLUMNS = (
+    "step",
+    *STEP_METRICS,
+    *LEARN_STATS,
+    "cum_rollouts",
+    "cum_tokens",
+    "gen_seconds",
+    "update_seconds",
+    "step_seconds",
+    "gen_tokens_per_second",
+)
 EVAL_COLUMNS = ("step", "rollouts", "tokens", "test_accuracy")
 ALLOCATION_COLUMNS = ("step", "p_low", "p_high", "prompts", "rollouts")
 HIST_BINS = 10
@@ -51,7 +60,7 @@ class Learner(Protocol):
 @dataclass(frozen=True)
 class Schedule:
     steps: int
-    budget: int               # rollouts per step
+    budget: int  # rollouts per step
     prompts_per_step: int
     eval_every: int
     target_accuracy: float
@@ -72,11 +81,11 @@ class Progress:
 
 @dataclass
 class RunOutput:
-    config: dict              # the resolved config (its hash identifies the run)
-    identity: dict            # the run's leaderboard identity: mode, scenario, model, method, ...
-    summary: dict             # run-level metrics (the leaderboard columns this run fills)
-    steps: pd.DataFrame       # STEP_COLUMNS, one row per step
-    evals: pd.DataFrame       # EVAL_COLUMNS, one row per evaluation (step 0 included)
+    config: dict  # the resolved config (its hash identifies the run)
+    identity: dict  # the run's leaderboard identity: mode, scenario, model, method, ...
+    summary: dict  # run-level metrics (the leaderboard columns this run fills)
+    steps: pd.DataFrame  # STEP_COLUMNS, one row per step
+    evals: pd.DataFrame  # EVAL_COLUMNS, one row per evaluation (step 0 included)
     allocation: pd.DataFrame  # ALLOCATION_COLUMNS, per evaluation period and decile
 
 
@@ -88,12 +97,18 @@ class Interrupted(Exception):
         self.progress = progress
 
 
-def run(allocator: Allocator, source: RolloutSource, learner: Learner, stream: PromptStream,
-        schedule: Schedule, start: Progress | None = None,
-        on_step: Callable[[int, dict], None] | None = None,
-        should_stop: Callable[[], bool] = lambda: False,
-        checkpoint: Callable[[Progress], None] | None = None,
-        checkpoint_every: int = 0) -> tuple[Progress, float]:
+def run(
+    allocator: Allocator,
+    source: RolloutSource,
+    learner: Learner,
+    stream: PromptStream,
+    schedule: Schedule,
+    start: Progress | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint: Callable[[Progress], None] | None = None,
+    checkpoint_every: int = 0,
+) -> tuple[Progress, float]:
     """Run ``schedule`` from ``start`` (a fresh run if None) to the end.
 
     ``on_step(done, row)`` is called after every step with its row (``test_accuracy`` added on
@@ -121,26 +136,43 @@ def run(allocator: Allocator, source: RolloutSource, learner: Learner, stream: P
         prog.cum_rollouts += int(m["rollouts"])
         prog.cum_tokens += int(m["tokens"])
         gen = step.source_seconds
-        row = {"step": t + 1, **m, **{k: learned.get(k, float("nan")) for k in LEARN_STATS},
-               "cum_rollouts": prog.cum_rollouts, "cum_tokens": prog.cum_tokens,
-               "gen_seconds": gen, "update_seconds": time.perf_counter() - t1,
-               "step_seconds": time.perf_counter() - t0,
-               "gen_tokens_per_second": m["tokens"] / gen if gen > 0 else 0.0}
+        row = {
+            "step": t + 1,
+            **m,
+            **{k: learned.get(k, float("nan")) for k in LEARN_STATS},
+            "cum_rollouts": prog.cum_rollouts,
+            "cum_tokens": prog.cum_tokens,
+            "gen_seconds": gen,
+            "update_seconds": time.perf_counter() - t1,
+            "step_seconds": time.perf_counter() - t0,
+            "gen_tokens_per_second": m["tokens"] / gen if gen > 0 else 0.0,
+        }
         if (t + 1) % s.eval_every == 0 or t + 1 == s.steps:
             acc = learner.evaluate()
-            prog.evals.append({"step": t + 1, "rollouts": prog.cum_rollouts,
-                               "tokens": prog.cum_tokens, "test_accuracy": acc})
+            prog.evals.append(
+                {
+                    "step": t + 1,
+                    "rollouts": prog.cum_rollouts,
+                    "tokens": prog.cum_tokens,
+                    "test_accuracy": acc,
+                }
+            )
             hp, hr = learner.take_histogram()
-            prog.allocation.extend((t + 1, k / HIST_BINS, (k + 1) / HIST_BINS, int(hp[k]),
-                                    int(hr[k])) for k in range(HIST_BINS))
+            prog.allocation.extend(
+                (t + 1, k / HIST_BINS, (k + 1) / HIST_BINS, int(hp[k]), int(hr[k]))
+                for k in range(HIST_BINS)
+            )
             row["test_accuracy"] = acc
         prog.rows.append(row)
         prog.done = t + 1
         if on_step is not None:
             on_step(t + 1, row)
         stop = t + 1 < s.steps and should_stop()
-        if checkpoint is not None and t + 1 < s.steps and (
-                stop or (checkpoint_every and (t + 1) % checkpoint_every == 0)):
+        if (
+            checkpoint is not None
+            and t + 1 < s.steps
+            and (stop or (checkpoint_every and (t + 1) % checkpoint_every == 0))
+        ):
             prog.wall_seconds += time.perf_counter() - t_start
             t_start = time.perf_counter()
             checkpoint(prog)
@@ -175,7 +207,9 @@ def summarize(prog: Progress, schedule: Schedule) -> dict:
         "rollouts": int(prog.cum_rollouts),
         "tokens": int(prog.cum_tokens),
         "train_samples": int(col("train_samples").sum()),
-        "final_train_reward": float(np.nanmean(col("train_reward")[-max(1, schedule.eval_every):])),
+        "final_train_reward": float(
+            np.nanmean(col("train_reward")[-max(1, schedule.eval_every) :])
+        ),
         "mean_effective_grad_ratio": float(col("effective_grad_ratio").mean()),
         "mean_effective_prompt_ratio": float(col("effective_prompt_ratio").mean()),
         "solver_seconds_per_step": float(col("solver_seconds").mean()),
@@ -183,8 +217,7 @@ def summarize(prog: Progress, schedule: Schedule) -> dict:
     }
 
 
-def observed_rate_histogram(result: StepResult, prompts: np.ndarray, rollouts: np.ndarray
-                            ) -> None:
+def observed_rate_histogram(result: StepResult, prompts: np.ndarray, rollouts: np.ndarray) -> None:
     """Add a step's groups to a decile histogram of their observed pass rate in the step (the
     trainer's view; the simulator bins by the true rate)."""
     gen = result.counts.generated

@@ -24,8 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-STEP_METRICS = ("rollouts", "tokens", "train_samples", "train_reward", "effective_grad_ratio",
-                "effective_prompt_ratio", "solver_seconds")
+STEP_METRICS = (
+    "rollouts",
+    "tokens",
+    "train_samples",
+    "train_reward",
+    "effective_grad_ratio",
+    "effective_prompt_ratio",
+    "solver_seconds",
+)
 
 
 def step_metrics(counts, solver_seconds: float = 0.0) -> dict[str, float]:

@@ -53,8 +53,14 @@ def sparse_dim_for(dim: int, sparsity: float) -> int:
 class SparseRandomProjection:
     """Random coordinate subset followed by a dense random projection (or none)."""
 
-    def __init__(self, dim: int, sparse_dim: int, proj_dim: int,
-                 kind: ProjectionKind = "gaussian", seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        sparse_dim: int,
+        proj_dim: int,
+        kind: ProjectionKind = "gaussian",
+        seed: int = 0,
+    ):
         if kind not in ("gaussian", "rademacher", "identity"):
             raise ValueError(f"projection must be gaussian, rademacher or identity, not {kind!r}")
         if not 1 <= sparse_dim <= dim:
@@ -65,12 +71,15 @@ class SparseRandomProjection:
         self.sparse_dim = int(sparse_dim)
         self.requested_kind = kind
         if kind != "identity" and proj_dim > sparse_dim:
-            kind = "identity"       # a projection up in dimension (module docstring)
+            kind = "identity"  # a projection up in dimension (module docstring)
         self.kind = kind
         self.seed = int(seed)
         rng = np.random.default_rng(self.seed)
-        self.coords = np.sort(rng.permutation(self.dim)[: self.sparse_dim]) \
-            if self.sparse_dim < self.dim else np.arange(self.dim)
+        self.coords = (
+            np.sort(rng.permutation(self.dim)[: self.sparse_dim])
+            if self.sparse_dim < self.dim
+            else np.arange(self.dim)
+        )
         scale = math.sqrt(self.dim / self.sparse_dim)
         if kind == "identity":
             self.out_dim = self.sparse_dim

@@ -86,8 +86,9 @@ def _coerce(cls: type[AllocatorConfig], key: str, raw: str, method: str) -> obje
     if origin is typing.Literal:
         choices = typing.get_args(typ)
         if raw not in choices:
-            raise SpecError(f"option {method}:{key} must be one of {', '.join(map(str, choices))}, "
-                            f"not {raw!r}")
+            raise SpecError(
+                f"option {method}:{key} must be one of {', '.join(map(str, choices))}, not {raw!r}"
+            )
         return raw
     try:
         if typ is bool:
@@ -113,8 +114,9 @@ def parse_spec(text: str) -> MethodSpec:
     cls = METHODS[name]
     presets = cls.caps.presets
     if preset and preset not in presets:
-        raise SpecError(f"method {name!r} has no preset {preset!r} "
-                        f"(presets: {', '.join(presets) or 'none'})")
+        raise SpecError(
+            f"method {name!r} has no preset {preset!r} (presets: {', '.join(presets) or 'none'})"
+        )
     options = []
     for item in parts[1:]:
         key, eq, raw = item.partition("=")

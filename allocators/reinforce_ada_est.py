@@ -121,13 +121,13 @@ def est_allocate(w, total, base, cap):
 
 @dataclass
 class ReinforceAdaEstConfig(AllocatorConfig):
-    prior_alpha: float = 1.0       # bayes_alpha
-    prior_beta: float = 16.0       # bayes_beta
-    ema_decay: float = 0.9         # bayes_ema_decay
-    round_repeat: int = 0          # mean per prompt; 0: budget // prompts_per_step
-    total_factor: int = 1          # Q7: 1 (code), 2 (docstring)
-    min_budget: int = 1            # base_each
-    max_budget: int = 32           # max_budget_per_prompt
+    prior_alpha: float = 1.0  # bayes_alpha
+    prior_beta: float = 16.0  # bayes_beta
+    ema_decay: float = 0.9  # bayes_ema_decay
+    round_repeat: int = 0  # mean per prompt; 0: budget // prompts_per_step
+    total_factor: int = 1  # Q7: 1 (code), 2 (docstring)
+    min_budget: int = 1  # base_each
+    max_budget: int = 32  # max_budget_per_prompt
     advantage: Literal["grpo", "weighted"] = "grpo"
 
     def __post_init__(self):
@@ -151,8 +151,9 @@ class ReinforceAdaEst(StaticAllocator):
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
-        self.stats = PromptStats(num_prompts, reward_buffer=0, visit_window=0,
-                                 ema_decay=self.config.ema_decay)
+        self.stats = PromptStats(
+            num_prompts, reward_buffer=0, visit_window=0, ema_decay=self.config.ema_decay
+        )
 
     def weights(self, prompt_ids: np.ndarray) -> np.ndarray:
         c = self.config

@@ -176,14 +176,14 @@ def pool_advantages(group, rewards, pos, neg, scale_by_std, eps):
 @dataclass
 class ReinforceAdaSeqConfig(AllocatorConfig):
     choice: Literal["balanced", "positive_focused"] = "balanced"  # reinforce_ada_choice
-    positive_threshold: float = 0.7   # positive iff reward > threshold
+    positive_threshold: float = 0.7  # positive iff reward > threshold
     max_rounds: int = 4
-    round_repeat: int = 8             # responses per active prompt per round
-    n: int = 4                        # kept per prompt (actor_rollout_ref.rollout.n, script)
-    downsample: Literal["first", "random"] = "first"   # Q5: "first" faithful, "random" clean
-    global_stat_est: bool = True      # script: advantage baseline from the whole pool
-    norm_adv_by_std: bool = False     # script: no std division
-    paper_weighted: bool = False      # Q6: paper v3's 1/p̂ group weight (absent from the code)
+    round_repeat: int = 8  # responses per active prompt per round
+    n: int = 4  # kept per prompt (actor_rollout_ref.rollout.n, script)
+    downsample: Literal["first", "random"] = "first"  # Q5: "first" faithful, "random" clean
+    global_stat_est: bool = True  # script: advantage baseline from the whole pool
+    norm_adv_by_std: bool = False  # script: no std division
+    paper_weighted: bool = False  # Q6: paper v3's 1/p̂ group weight (absent from the code)
 
     def __post_init__(self):
         if self.max_rounds < 1 or self.round_repeat < 1 or self.n < 1:
@@ -214,8 +214,9 @@ class ReinforceAdaSeq(Allocator):
             if active.size == 0:
                 break
             s = step.sample(active, np.full(active.size, c.round_repeat, np.int64))
-            done = round_update(active, s.group, s.rewards, c.positive_threshold, balanced, c.n,
-                                pos, neg)
+            done = round_update(
+                active, s.group, s.rewards, c.positive_threshold, balanced, c.n, pos, neg
+            )
             finished[active[done]] = True
             active = active[~done]
             rounds += 1

@@ -107,8 +107,9 @@ class Problem:
         return int(self.p.shape[0])
 
 
-def knapsack_problem(p: np.ndarray, min_n: int = 2, max_n: int = 128,
-                     k0_value: str = "zero") -> Problem:
+def knapsack_problem(
+    p: np.ndarray, min_n: int = 2, max_n: int = 128, k0_value: str = "zero"
+) -> Problem:
     """Knapsack RL's problem over effective prompts (0 < p̂ < 1): N = min_n + k, k ≤ max_n − min_n;
     ``k0_value="zero"`` is the official DP's v(0) = 0 (Q1), ``"natural"`` uses V(min_n, p̂)."""
     if min_n < 1:
@@ -118,12 +119,20 @@ def knapsack_problem(p: np.ndarray, min_n: int = 2, max_n: int = 128,
     if k0_value not in ("zero", "natural"):
         raise ValueError(f"k0_value must be 'zero' or 'natural', not {k0_value!r}")
     p = np.ascontiguousarray(p, np.float64)
-    return Problem(KNAPSACK, p, np.zeros_like(p), 1.0, k0_value == "zero", int(min_n),
-                   int(max_n - min_n))
+    return Problem(
+        KNAPSACK, p, np.zeros_like(p), 1.0, k0_value == "zero", int(min_n), int(max_n - min_n)
+    )
 
 
-def coba_problem(p: np.ndarray, alpha: float, beta: float, tau: float, n_low: int = 2,
-                 n_up: int = 128, smoothing: float = 0.01) -> Problem:
+def coba_problem(
+    p: np.ndarray,
+    alpha: float,
+    beta: float,
+    tau: float,
+    n_low: int = 2,
+    n_up: int = 128,
+    smoothing: float = 0.01,
+) -> Problem:
     """CoBA-RL's problem over the exploration set: p̃ = clip(p, s, 1 − s), weight BetaPDF(p̃; α, β)
     (non-finite → 1e-10, as ``_beta_pdf``), N = n_low + k, k ≤ n_up − n_low."""
     if n_low < 0 or n_up < n_low:
@@ -132,8 +141,9 @@ def coba_problem(p: np.ndarray, alpha: float, beta: float, tau: float, n_low: in
         raise ValueError("tau must be > 0")
     ps = np.clip(np.asarray(p, np.float64), smoothing, 1.0 - smoothing)
     w = beta_pdf(ps, float(alpha), float(beta))
-    return Problem(COBA, np.ascontiguousarray(ps), w, float(tau), False, int(n_low),
-                   int(n_up - n_low))
+    return Problem(
+        COBA, np.ascontiguousarray(ps), w, float(tau), False, int(n_low), int(n_up - n_low)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +155,7 @@ def _value(kind, p, w, tau, n):
     ``(1 - exp(-n / tau * p * (1 - p))) * pdf``, in the official codes' order of operations."""
     if kind == KNAPSACK:
         q = 1.0 - p
-        return (1.0 - p ** n - q ** n) * p * (q ** 2)
+        return (1.0 - p**n - q**n) * p * (q**2)
     return (1.0 - math.exp(-float(n) / tau * p * (1.0 - p))) * w
 
 
@@ -184,8 +194,9 @@ def _objective(kind, zero_k0, p, w, tau, base, extra):
 def objective(problem: Problem, extra: np.ndarray) -> float:
     """Σ_i v_i(k_i) with the official value formulas (the quantity every solver maximises)."""
     pr = problem
-    return float(_objective(pr.kind, pr.zero_k0, pr.p, pr.w, pr.tau, pr.base,
-                            np.asarray(extra, np.int64)))
+    return float(
+        _objective(pr.kind, pr.zero_k0, pr.p, pr.w, pr.tau, pr.base, np.asarray(extra, np.int64))
+    )
 
 
 def values(problem: Problem, n: np.ndarray) -> np.ndarray:
@@ -239,7 +250,7 @@ def _dp(kind, zero_k0, p, w, tau, base, cap, budget, per_cell):
                         bk = k
             else:
                 for k in range(1, kmax + 1):
-                    cand = prev[c - k] + vals[k]   # -inf stays -inf and never wins
+                    cand = prev[c - k] + vals[k]  # -inf stays -inf and never wins
                     if cand > best:
                         best = cand
                         bk = k
@@ -292,8 +303,9 @@ def _greedy(kind, zero_k0, p, w, tau, base, cap, budget):
     hg = np.empty(m)
     hi = np.empty(m, np.int64)
     for i in range(m):
-        hg[i] = (_item_value(kind, zero_k0, p[i], w[i], tau, base, 1)
-                 - _item_value(kind, zero_k0, p[i], w[i], tau, base, 0))
+        hg[i] = _item_value(kind, zero_k0, p[i], w[i], tau, base, 1) - _item_value(
+            kind, zero_k0, p[i], w[i], tau, base, 0
+        )
         hi[i] = i
     size = m
     for pos in range(size // 2 - 1, -1, -1):
@@ -305,8 +317,9 @@ def _greedy(kind, zero_k0, p, w, tau, base, cap, budget):
         left -= 1
         k = extra[i]
         if k < cap:
-            hg[0] = (_item_value(kind, zero_k0, p[i], w[i], tau, base, k + 1)
-                     - _item_value(kind, zero_k0, p[i], w[i], tau, base, k))
+            hg[0] = _item_value(kind, zero_k0, p[i], w[i], tau, base, k + 1) - _item_value(
+                kind, zero_k0, p[i], w[i], tau, base, k
+            )
         else:
             size -= 1
             hg[0], hi[0] = hg[size], hi[size]
@@ -355,12 +368,12 @@ def _above(two, zero_k0, base, icpt, s, lrho, g1, k, L):
         return math.log(g1) >= L
     v = icpt - k * s
     if v >= L:
-        return True             # the log1p term is ≥ 0
+        return True  # the log1p term is ≥ 0
     if not two:
         return False
     gap = L - v
     if gap > _LOG2:
-        return False            # the log1p term is ≤ ln 2
+        return False  # the log1p term is ≤ ln 2
     u = -(base + k - 2) * lrho  # the log1p term is ln(1 + e^{−u})
     if _eps_bound(u) < gap:
         return False
@@ -391,7 +404,7 @@ def _exact_count(two, zero_k0, base, ic, gic, si, iv, lr, gi, L, lam, lo_k, hi_k
     if lo_k >= hi_k:
         return lo_k
     lowest = 0
-    if zero_k0:   # k = 1 decides first; compare in linear space unless too close to call
+    if zero_k0:  # k = 1 decides first; compare in linear space unless too close to call
         if gi < lam * (1.0 - 1e-12) or (gi <= lam * (1.0 + 1e-12) and not math.log(gi) >= L):
             return lo_k
         lowest = 1
@@ -432,12 +445,12 @@ def _near_pass(L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
         tot += n
         close = False
         if ic > -np.inf:
-            if n >= 1:           # the last increment taken: below L + delta?
+            if n >= 1:  # the last increment taken: below L + delta?
                 if zero_k0 and n == 1:
                     close = gi < lam_up
                 else:
                     close = ic - n * si < L + delta
-            if not close and n < cap:   # the first one left: at or above L − delta?
+            if not close and n < cap:  # the first one left: at or above L − delta?
                 if zero_k0 and n == 0:
                     close = gi >= lam_dn
                 else:
@@ -455,8 +468,9 @@ def _near_pass(L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
 
 
 @njit(cache=True)
-def _list_pass(L, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, nidx, bound,
-               mode, out):
+def _list_pass(
+    L, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, nidx, bound, mode, out
+):
     """Exact counts at L for the prompts idx[:nidx]; ``mode`` 0: each in [0, cap], 1: in
     [0, bound[i]], 2: in [bound[i], cap]. Returns their sum."""
     lam = math.exp(L)
@@ -465,8 +479,9 @@ def _list_pass(L, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, n
         i = idx[j]
         lo_k = bound[i] if mode == 2 else 0
         hi_k = bound[i] if mode == 1 else cap
-        n = _exact_count(two, zero_k0, base, icpt[i], gicpt[i], s[i], inv[i], lrho[i], g1[i], L,
-                         lam, lo_k, hi_k)
+        n = _exact_count(
+            two, zero_k0, base, icpt[i], gicpt[i], s[i], inv[i], lrho[i], g1[i], L, lam, lo_k, hi_k
+        )
         out[i] = n
         tot += n
     return tot
@@ -560,7 +575,7 @@ def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slo
         if abs(f) <= tol:
             break
         if jumped and (f > 0) != (prev_f > 0):
-            break                 # the count jumps over the target at one level (ties)
+            break  # the count jumps over the target at one level (ties)
         if f > 0:
             a_L = L
         else:
@@ -573,7 +588,7 @@ def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slo
         elif slope <= 0.0:
             slope = local
         jumped = False
-        if flat:                  # on a plateau: go to the count's next level
+        if flat:  # on a plateau: go to the count's next level
             if f > 0:
                 nxt = _next_up(L, zero_k0, cap, gicpt, s, inv, g1, m)
                 nxt += 1e-12 * (1.0 + abs(nxt))
@@ -584,7 +599,7 @@ def _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L, a_L, b_L, tol, slo
         else:
             nxt = L + f / slope if slope > 0.0 else np.nan
             if it % 4 == 3 and b_L - a_L > 0.5 * shrink:
-                nxt = np.nan      # the bracket has not halved in 4 steps: bisect
+                nxt = np.nan  # the bracket has not halved in 4 steps: bisect
         if it % 4 == 3:
             shrink = b_L - a_L
         if not (a_L < nxt < b_L):
@@ -603,7 +618,7 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
     two = kind == KNAPSACK
     icpt, gicpt, s, lrho, g1, inv = fw[0], fw[1], fw[2], fw[3], fw[4], fw[5]
     n_lo, n_hi, idx = iw[0], iw[1], iw[2]
-    have_pre = pre.shape[1] == m      # logs computed by numpy's vectorised ufuncs (large m)
+    have_pre = pre.shape[1] == m  # logs computed by numpy's vectorised ufuncs (large m)
     # ---- 1. per-prompt log-increment parameters (flat prompts: all increments 0) ------------
     # gicpt: the intercept the guesses use; for Knapsack it adds a rough ε at the average
     # prompt's boundary (a rational bound of e^{−u}, then x(1 − x/2) for log1p).
@@ -637,10 +652,10 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
                 u = -(base + mean_b - 1.0) * lrho[i]
                 x = 1.0 / (1.0 + u * (1.0 + u * (0.5 + u / 6.0)))
                 gicpt[i] = icpt[i] + x * (1.0 - 0.5 * x)
-                top = lp + 2.0 * lq + 1.0      # ln(p q²) bounds every increment
+                top = lp + 2.0 * lq + 1.0  # ln(p q²) bounds every increment
                 if zero_k0:
                     n1 = base + 1
-                    g1[i] = pi * q * q * (1.0 - pi ** n1 - q ** n1)
+                    g1[i] = pi * q * q * (1.0 - pi**n1 - q**n1)
                     ok = g1[i] > 0.0
         else:
             a = pi * (1.0 - pi) / tau
@@ -685,11 +700,11 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
     # ---- 2. approximate threshold on the model count ------------------------------------------
     a_L = small - 1.0
     b_L = big + 1.0
-    L0 = (sum_icpt - (budget / live + 0.5) * sum_s) / live   # the average prompt's threshold
+    L0 = (sum_icpt - (budget / live + 0.5) * sum_s) / live  # the average prompt's threshold
     L0 = min(max(L0, a_L), b_L)
     tol = max(2.0, 1e-4 * budget)
     target = float(budget)
-    spread = 0.0    # uncertainty of the model's bias, in counts
+    spread = 0.0  # uncertainty of the model's bias, in counts
     if m >= 65536:  # a systematic sample of every stride-th prompt
         stride = m // 16384
         sub = m // stride
@@ -703,14 +718,27 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             sw[3, j] = lrho[i]
             sw[4, j] = g1[i]
             sw[5, j] = inv[i]
-        L0, slope, _ = _threshold(zero_k0, cap, sw[1], sw[2], sw[5], sw[4], sub,
-                                  budget / scale, L0, a_L, b_L, max(1.0, 1e-3 * budget / scale),
-                                  0.0)
+        L0, slope, _ = _threshold(
+            zero_k0,
+            cap,
+            sw[1],
+            sw[2],
+            sw[5],
+            sw[4],
+            sub,
+            budget / scale,
+            L0,
+            a_L,
+            b_L,
+            max(1.0, 1e-3 * budget / scale),
+            0.0,
+        )
         slope *= scale
     else:
         slope = 0.0
-    L, slope, local = _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target, L0, a_L, b_L, tol,
-                                 slope)
+    L, slope, local = _threshold(
+        zero_k0, cap, gicpt, s, inv, g1, m, target, L0, a_L, b_L, tol, slope
+    )
     if two and m >= 65536:
         # Knapsack's model count is off by a few percent; the sample's exact counts at L
         # estimate by how much (3 standard errors give the window below); aim again, twice
@@ -721,8 +749,21 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             diff = 0
             diff2 = 0
             for j in range(sub):
-                e = _exact_count(two, zero_k0, base, sw[0, j], sw[1, j], sw[2, j], sw[5, j],
-                                 sw[3, j], sw[4, j], L, lam, 0, cap)
+                e = _exact_count(
+                    two,
+                    zero_k0,
+                    base,
+                    sw[0, j],
+                    sw[1, j],
+                    sw[2, j],
+                    sw[5, j],
+                    sw[3, j],
+                    sw[4, j],
+                    L,
+                    lam,
+                    0,
+                    cap,
+                )
                 if zero_k0 and sw[4, j] < lam:
                     mod = 0
                 else:
@@ -733,14 +774,16 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             if abs(diff * scale - bias) <= tol:
                 break
             bias = diff * scale
-            L, slope, local = _threshold(zero_k0, cap, gicpt, s, inv, g1, m, target - bias, L,
-                                         a_L, b_L, tol, slope)
+            L, slope, local = _threshold(
+                zero_k0, cap, gicpt, s, inv, g1, m, target - bias, L, a_L, b_L, tol, slope
+            )
     # ---- 3. exact counts at L; the prompts near L ---------------------------------------------
     if two and m < 65536:
-        spread = 0.01 * budget   # Knapsack's model bias, unestimated below the sampling size
+        spread = 0.01 * budget  # Knapsack's model bias, unestimated below the sampling size
     delta = (spread + 4.0 * tol + 8.0) / local
-    tot, nl, rest = _near_pass(L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
-                               m, n_lo, idx)
+    tot, nl, rest = _near_pass(
+        L, delta, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, m, n_lo, idx
+    )
     if tot == budget:
         for i in range(m):
             extra[i] = n_lo[i]
@@ -748,11 +791,12 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
     # ---- 4. exact bracket C(L_lo) ≥ budget ≥ C(L_hi): the window's far edge, over the near
     #         prompts; beyond it (rare), over all prompts with doubling steps -------------------
     window = True
-    if tot > budget:             # L is a lower end
+    if tot > budget:  # L is a lower end
         c_lo = tot
         L2 = L + delta
-        c_hi = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx,
-                                 nl, n_lo, 1, n_hi)
+        c_hi = rest + _list_pass(
+            L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, nl, n_lo, 1, n_hi
+        )
         if c_hi > budget:
             window = False
             for j in range(nl):
@@ -762,26 +806,43 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             nl = m
             prev_L, prev_c = L, tot
             L_lo, c_lo = L2, c_hi
-            while True:   # secant steps on the exact count; past the next level if it is flat
+            while True:  # secant steps on the exact count; past the next level if it is flat
                 if prev_c > c_lo:
                     L2 = L_lo + 1.1 * (c_lo - budget) * (L_lo - prev_L) / (prev_c - c_lo)
                 else:
                     lv = _level(True, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_lo)
                     L2 = max(L_lo + delta, np.nextafter(lv, np.inf))
-                c_hi = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
-                                  idx, m, n_lo, 1, n_hi)
+                c_hi = _list_pass(
+                    L2,
+                    two,
+                    zero_k0,
+                    base,
+                    cap,
+                    icpt,
+                    gicpt,
+                    s,
+                    inv,
+                    lrho,
+                    g1,
+                    idx,
+                    m,
+                    n_lo,
+                    1,
+                    n_hi,
+                )
                 if c_hi <= budget:
                     break
                 prev_L, prev_c = L_lo, c_lo
                 L_lo, c_lo = L2, c_hi
                 n_lo[:] = n_hi
-    else:                        # L is an upper end
+    else:  # L is an upper end
         c_hi = tot
         for i in range(m):
             n_hi[i] = n_lo[i]
         L2 = L - delta
-        c_lo = rest + _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx,
-                                 nl, n_hi, 2, n_lo)
+        c_lo = rest + _list_pass(
+            L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1, idx, nl, n_hi, 2, n_lo
+        )
         if c_lo < budget:
             window = False
             for j in range(nl):
@@ -791,21 +852,37 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
             nl = m
             prev_L, prev_c = L, tot
             L_hi, c_hi = L2, c_lo
-            while True:   # secant steps on the exact count; down to the next level if flat
+            while True:  # secant steps on the exact count; down to the next level if flat
                 if prev_c < c_hi:
                     L2 = L_hi - 1.1 * (budget - c_hi) * (prev_L - L_hi) / (c_hi - prev_c)
                 else:
                     lv = _level(False, two, zero_k0, base, cap, icpt, s, lrho, g1, idx, m, n_hi)
                     L2 = min(L_hi - delta, lv)
-                c_lo = _list_pass(L2, two, zero_k0, base, cap, icpt, gicpt, s, inv, lrho, g1,
-                                  idx, m, n_hi, 2, n_lo)
+                c_lo = _list_pass(
+                    L2,
+                    two,
+                    zero_k0,
+                    base,
+                    cap,
+                    icpt,
+                    gicpt,
+                    s,
+                    inv,
+                    lrho,
+                    g1,
+                    idx,
+                    m,
+                    n_hi,
+                    2,
+                    n_lo,
+                )
                 if c_lo >= budget:
                     break
                 prev_L, prev_c = L_hi, c_hi
                 L_hi, c_hi = L2, c_lo
                 n_hi[:] = n_lo
     # ---- 5. tie-aware fill: the r largest candidate increments between the two ends ----------
-    if window:                   # the unlisted prompts have the same count at both ends
+    if window:  # the unlisted prompts have the same count at both ends
         for i in range(m):
             extra[i] = n_lo[i]
     for j in range(nl):
@@ -822,14 +899,14 @@ def _fast(kind, zero_k0, p, w, tau, base, cap, budget, fw, iw, pre):
         for k in range(n_hi[i] + 1, n_lo[i] + 1):
             cg[c] = _lg(two, zero_k0, base, icpt[i], s[i], lrho[i], g1[i], k)
             c += 1
-    t_val = np.partition(cg, cands - r)[cands - r]     # the r-th largest candidate
+    t_val = np.partition(cg, cands - r)[cands - r]  # the r-th largest candidate
     above = 0
     for c in range(cands):
         if cg[c] > t_val:
             above += 1
     ties = r - above
     c = 0
-    for j in range(nl):          # idx is in prompt order: ties go to the smaller index
+    for j in range(nl):  # idx is in prompt order: ties go to the smaller index
         i = idx[j]
         for _k in range(n_hi[i] + 1, n_lo[i] + 1):
             g = cg[c]

@@ -25,8 +25,13 @@ from allocators._kernels import last_k_mean, stats_update, window_sums
 
 
 class PromptStats:
-    def __init__(self, num_prompts: int, reward_buffer: int = 16, visit_window: int = 3,
-                 ema_decay: float = 0.9):
+    def __init__(
+        self,
+        num_prompts: int,
+        reward_buffer: int = 16,
+        visit_window: int = 3,
+        ema_decay: float = 0.9,
+    ):
         if reward_buffer < 0 or visit_window < 0:
             raise ValueError("reward_buffer and visit_window must be >= 0")
         p = int(num_prompts)
@@ -34,12 +39,12 @@ class PromptStats:
         self.reward_buffer = int(reward_buffer)
         self.visit_window = int(visit_window)
         self.ema_decay = float(ema_decay)
-        self.count = np.zeros(p, np.int64)        # rewards seen in total
-        self.success = np.zeros(p, np.int64)      # successes seen in total
-        self.visits = np.zeros(p, np.int64)       # steps in which the prompt was sampled
+        self.count = np.zeros(p, np.int64)  # rewards seen in total
+        self.success = np.zeros(p, np.int64)  # successes seen in total
+        self.visits = np.zeros(p, np.int64)  # steps in which the prompt was sampled
         self.last_step = np.full(p, -1, np.int64)  # step of the latest visit (-1: never)
-        self.last_n = np.zeros(p, np.int64)       # rewards in the latest visit
-        self.last_s = np.zeros(p, np.int64)       # successes in the latest visit
+        self.last_n = np.zeros(p, np.int64)  # rewards in the latest visit
+        self.last_s = np.zeros(p, np.int64)  # successes in the latest visit
         self.ring = np.zeros((p, self.reward_buffer), np.int8)
         self.ring_pos = np.zeros(p, np.int64)
         self.ring_fill = np.zeros(p, np.int64)
@@ -51,15 +56,33 @@ class PromptStats:
         self.ema_s = np.zeros(p)
 
     # -- update ------------------------------------------------------------------------------
-    def update(self, prompt_ids: np.ndarray, group: np.ndarray, rewards: np.ndarray,
-               step: int) -> None:
+    def update(
+        self, prompt_ids: np.ndarray, group: np.ndarray, rewards: np.ndarray, step: int
+    ) -> None:
         """Record one step: ``prompt_ids`` per group, ``group`` and ``rewards`` per sample (in
         generation order, which is the order the last-k buffer keeps)."""
-        stats_update(np.asarray(prompt_ids, np.int64), group, rewards, int(step),
-                     self.count, self.success, self.visits, self.last_step, self.last_n,
-                     self.last_s, self.ring, self.ring_pos, self.ring_fill,
-                     self.win_n, self.win_s, self.win_pos, self.win_fill,
-                     self.ema_n, self.ema_s, self.ema_decay)
+        stats_update(
+            np.asarray(prompt_ids, np.int64),
+            group,
+            rewards,
+            int(step),
+            self.count,
+            self.success,
+            self.visits,
+            self.last_step,
+            self.last_n,
+            self.last_s,
+            self.ring,
+            self.ring_pos,
+            self.ring_fill,
+            self.win_n,
+            self.win_s,
+            self.win_pos,
+            self.win_fill,
+            self.ema_n,
+            self.ema_s,
+            self.ema_decay,
+        )
 
     def observe(self, result) -> None:
         """Record a finished ``StepResult`` (every sample generated, trained or not)."""
@@ -84,14 +107,17 @@ class PromptStats:
             raise ValueError(f"last_k({k}) exceeds the reward buffer ({self.reward_buffer})")
         return last_k_mean(np.asarray(ids, np.int64), k, self.ring, self.ring_pos, self.ring_fill)
 
-    def window_counts(self, ids: np.ndarray, visits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def window_counts(
+        self, ids: np.ndarray, visits: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(successes, totals) summed over the latest ``visits`` visits (default: the whole
         window)."""
         w = self.visit_window if visits is None else int(visits)
         if w > self.visit_window:
             raise ValueError(f"window({w}) exceeds the visit window ({self.visit_window})")
-        return window_sums(np.asarray(ids, np.int64), w, self.win_n, self.win_s, self.win_pos,
-                           self.win_fill)
+        return window_sums(
+            np.asarray(ids, np.int64), w, self.win_n, self.win_s, self.win_pos, self.win_fill
+        )
 
     def window(self, ids: np.ndarray, visits: int | None = None) -> np.ndarray:
         """Σ successes / Σ rewards over the latest ``visits`` visits; NaN if never visited."""
@@ -105,8 +131,23 @@ class PromptStats:
         return (self.ema_s[ids] + alpha) / (self.ema_n[ids] + alpha + beta)
 
     # -- checkpointing -----------------------------------------------------------------------
-    _ARRAYS = ("count", "success", "visits", "last_step", "last_n", "last_s", "ring", "ring_pos",
-               "ring_fill", "win_n", "win_s", "win_pos", "win_fill", "ema_n", "ema_s")
+    _ARRAYS = (
+        "count",
+        "success",
+        "visits",
+        "last_step",
+        "last_n",
+        "last_s",
+        "ring",
+        "ring_pos",
+        "ring_fill",
+        "win_n",
+        "win_s",
+        "win_pos",
+        "win_fill",
+        "ema_n",
+        "ema_s",
+    )
 
     def state_dict(self) -> dict:
         return {name: getattr(self, name).copy() for name in self._ARRAYS}

@@ -77,8 +77,15 @@ def bernoulli_source(seed: int) -> tuple[BernoulliSource, int]:
 class _Run:
     """One allocator on one source, stepped as the driver does (no learning)."""
 
-    def __init__(self, make: Make, sources: SourceFactory, seed: int, budget: int,
-                 prompts_per_step: int, world: int | None = None):
+    def __init__(
+        self,
+        make: Make,
+        sources: SourceFactory,
+        seed: int,
+        budget: int,
+        prompts_per_step: int,
+        world: int | None = None,
+    ):
         self.source, self.num_prompts = sources(seed if world is None else world)
         self.stream = PromptStream(self.num_prompts, np.random.default_rng([seed, 2]))
         self.rng = np.random.default_rng([seed, 3])
@@ -90,18 +97,25 @@ class _Run:
         out = []
         for _ in range(k):
             self.source.begin_step(self.t)
-            result = self.alloc.step(Step(self.t, self.stream, self.source, self.budget,
-                                          self.prompts_per_step))
+            result = self.alloc.step(
+                Step(self.t, self.stream, self.source, self.budget, self.prompts_per_step)
+            )
             self.alloc.observe(result)
             self.t += 1
             out.append(result)
         return out
 
     def snapshot(self) -> bytes:
-        return pickle.dumps({"alloc": self.alloc.state_dict(), "rng": self.rng.bit_generator.state,
-                             "stream": self.stream.state_dict(),
-                             "stream_rng": self.stream.rng.bit_generator.state,
-                             "source": self.source.state_dict(), "t": self.t})
+        return pickle.dumps(
+            {
+                "alloc": self.alloc.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "stream": self.stream.state_dict(),
+                "stream_rng": self.stream.rng.bit_generator.state,
+                "source": self.source.state_dict(),
+                "t": self.t,
+            }
+        )
 
     def restore(self, blob: bytes) -> None:
         state = pickle.loads(blob)
@@ -134,8 +148,11 @@ def _same(a: list[StepResult], b: list[StepResult], what: str) -> None:
 
 
 def _plain(info: Mapping[str, Any]) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()
-            if not (isinstance(v, float) and np.isnan(v))}
+    return {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v)
+        for k, v in info.items()
+        if not (isinstance(v, float) and np.isnan(v))
+    }
 
 
 def _check_step(r: StepResult, alloc: Allocator, budget: int) -> None:
@@ -145,7 +162,9 @@ def _check_step(r: StepResult, alloc: Allocator, budget: int) -> None:
     assert m > 0, f"{name}: an empty batch"
     assert np.unique(r.prompt_ids).size == m, f"{name}: a prompt twice in one batch"
     assert s.group.shape == (n,) and s.rewards.shape == (n,) and s.lengths.shape == (n,)
-    assert n == 0 or (s.group.min() >= 0 and s.group.max() < m), f"{name}: a sample outside the batch"
+    assert n == 0 or (s.group.min() >= 0 and s.group.max() < m), (
+        f"{name}: a sample outside the batch"
+    )
     assert np.array_equal(s.prompt_ids, r.prompt_ids[s.group]), f"{name}: samples of another prompt"
     assert set(np.unique(s.rewards)) <= {0.0, 1.0}, f"{name}: non-binary rewards"
     for arr in (c.generated, c.successes, c.tokens, c.trained, c.trained_successes):
@@ -156,9 +175,12 @@ def _check_step(r: StepResult, alloc: Allocator, budget: int) -> None:
     k = tb.index.size
     assert tb.advantages.shape == (k,) and tb.weights.shape == (k,)
     assert np.unique(tb.index).size == k, f"{name}: a sample trains twice"
-    assert k == 0 or (tb.index.min() >= 0 and tb.index.max() < n), f"{name}: trains a missing sample"
-    assert np.isfinite(tb.advantages).all() and np.isfinite(tb.weights).all(), \
+    assert k == 0 or (tb.index.min() >= 0 and tb.index.max() < n), (
+        f"{name}: trains a missing sample"
+    )
+    assert np.isfinite(tb.advantages).all() and np.isfinite(tb.weights).all(), (
         f"{name}: non-finite advantages or weights"
+    )
     assert (tb.weights >= 0).all(), f"{name}: negative weights"
     assert r.solver_seconds >= 0
 
@@ -183,8 +205,11 @@ def check_budget_at_minimum(make: Make, sources: SourceFactory = bernoulli_sourc
 
 def check_deterministic(make: Make, sources: SourceFactory = bernoulli_source) -> None:
     budget, pps = _settings(make, sources)
-    _same(_Run(make, sources, 3, budget, pps).steps(10),
-          _Run(make, sources, 3, budget, pps).steps(10), "the same seeds")
+    _same(
+        _Run(make, sources, 3, budget, pps).steps(10),
+        _Run(make, sources, 3, budget, pps).steps(10),
+        "the same seeds",
+    )
 
 
 def check_state_round_trip(make: Make, sources: SourceFactory = bernoulli_source) -> None:
@@ -216,8 +241,14 @@ def check_reset_twice(make: Make, sources: SourceFactory = bernoulli_source) -> 
     _same(first, again.steps(10), "after a second reset")
 
 
-CHECKS = (check_step_invariants, check_budget_at_minimum, check_deterministic,
-          check_state_round_trip, check_config_unchanged, check_reset_twice)
+CHECKS = (
+    check_step_invariants,
+    check_budget_at_minimum,
+    check_deterministic,
+    check_state_round_trip,
+    check_config_unchanged,
+    check_reset_twice,
+)
 
 
 def check_allocator(make: Make, sources: SourceFactory = bernoulli_source) -> None:
@@ -226,12 +257,18 @@ def check_allocator(make: Make, sources: SourceFactory = bernoulli_source) -> No
         check(make, sources)
 
 
-def parametrize_with_checks(makers: Mapping[str, Make], sources: SourceFactory = bernoulli_source,
-                            checks: Iterable[Callable] = CHECKS):
+def parametrize_with_checks(
+    makers: Mapping[str, Make],
+    sources: SourceFactory = bernoulli_source,
+    checks: Iterable[Callable] = CHECKS,
+):
     """A pytest ``parametrize`` mark with one case per (method, check); the test function takes
     ``make``, ``check`` and ``sources`` arguments and calls ``check(make, sources)``."""
     import pytest
 
-    cases = [pytest.param(make, check, sources, id=f"{name}-{check.__name__}")
-             for name, make in makers.items() for check in checks]
+    cases = [
+        pytest.param(make, check, sources, id=f"{name}-{check.__name__}")
+        for name, make in makers.items()
+        for check in checks
+    ]
     return pytest.mark.parametrize(("make", "check", "sources"), cases)

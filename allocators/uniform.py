@@ -27,8 +27,8 @@ from allocators.base import (
 
 @dataclass
 class UniformConfig(AllocatorConfig):
-    eps: float = GRPO_EPS          # added to the group std
-    scale_by_std: bool = True      # False: A = r − mean (Dr. GRPO)
+    eps: float = GRPO_EPS  # added to the group std
+    scale_by_std: bool = True  # False: A = r − mean (Dr. GRPO)
 
 
 class Uniform(StaticAllocator):
@@ -40,6 +40,11 @@ class Uniform(StaticAllocator):
         return even_split(step.budget, groups.size), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
-        adv = group_normalized(samples.group, samples.rewards, step.num_groups,
-                               self.config.eps, self.config.scale_by_std)
+        adv = group_normalized(
+            samples.group,
+            samples.rewards,
+            step.num_groups,
+            self.config.eps,
+            self.config.scale_by_std,
+        )
         return TrainBatch.all_of(samples, adv)

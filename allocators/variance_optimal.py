@@ -107,7 +107,7 @@ def bounded_proportional(w, total, lo, hi):
 
 @dataclass
 class VarianceOptimalConfig(AllocatorConfig):
-    objective: Literal["log", "raft"] = "log"   # log: √((1−p)/p); raft: 1/√p
+    objective: Literal["log", "raft"] = "log"  # log: √((1−p)/p); raft: 1/√p
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
     ema_decay: float = 0.9
@@ -128,13 +128,15 @@ class VarianceOptimalConfig(AllocatorConfig):
 class VarianceOptimal(StaticAllocator):
     name = "gvm"
     Config = VarianceOptimalConfig
-    caps = Capabilities(spend="budget", min_rollouts_per_prompt=2,
-                        presets={"raft": {"objective": "raft"}})
+    caps = Capabilities(
+        spend="budget", min_rollouts_per_prompt=2, presets={"raft": {"objective": "raft"}}
+    )
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
-        self.stats = PromptStats(num_prompts, reward_buffer=0, visit_window=0,
-                                 ema_decay=self.config.ema_decay)
+        self.stats = PromptStats(
+            num_prompts, reward_buffer=0, visit_window=0, ema_decay=self.config.ema_decay
+        )
 
     def p_hat(self, prompt_ids: np.ndarray) -> np.ndarray:
         c = self.config
@@ -156,6 +158,7 @@ class VarianceOptimal(StaticAllocator):
         return bounded_proportional(w, int(step.budget), int(lo), int(hi)), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
-        adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS,
-                               self.config.scale_by_std)
+        adv = group_normalized(
+            samples.group, samples.rewards, step.num_groups, GRPO_EPS, self.config.scale_by_std
+        )
         return TrainBatch.all_of(samples, adv)

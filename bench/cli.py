@@ -13,8 +13,10 @@ from bench.sweep_cmd import sweep
 from bench.train_cmd import train
 
 
-@click.group(cls=BenchGroup,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=BenchGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="rollout-bench")
 def main() -> None:
     """rollout-bench: compare rollout-budget allocators for GRPO-style RL with verifiable rewards.

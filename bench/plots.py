@@ -29,8 +29,14 @@ def _colors(arms: list[str]) -> dict[str, tuple]:
     return {a: cmap(k % cmap.N) for k, a in enumerate(arms)}
 
 
-def learning_curves(bands: pd.DataFrame, x: str, title: str, path: Path,
-                    target: float | None = None, confidence: float = 0.95) -> Path:
+def learning_curves(
+    bands: pd.DataFrame,
+    x: str,
+    title: str,
+    path: Path,
+    target: float | None = None,
+    confidence: float = 0.95,
+) -> Path:
     """Mean test accuracy against ``x`` per arm, with the bootstrap band; dashed target line."""
     fig, ax = plt.subplots(figsize=(8, 5))
     arms = list(dict.fromkeys(bands["arm"]))
@@ -91,16 +97,27 @@ def solver_scaling(table: pd.DataFrame, title: str, path: Path) -> Path:
     funcs = list(dict.fromkeys(table["value_function"]))
     solvers = list(dict.fromkeys(table["solver"]))
     colors = _colors(solvers)
-    fig, axes = plt.subplots(1, len(funcs), figsize=(5.5 * len(funcs), 4.8), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(funcs),
+        figsize=(5.5 * len(funcs), 4.8),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     for ax, func in zip(axes[0], funcs):
         part = table[table["value_function"] == func]
         for solver in solvers:
             t = part[part["solver"] == solver].sort_values("prompts")
             if t.empty:
                 continue
-            ax.plot(t["prompts"].to_numpy(float), t["median_seconds"].to_numpy(float), "o-",
-                    color=colors[solver], label=solver)
+            ax.plot(
+                t["prompts"].to_numpy(float),
+                t["median_seconds"].to_numpy(float),
+                "o-",
+                color=colors[solver],
+                label=solver,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("prompts")

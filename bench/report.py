@@ -38,16 +38,38 @@ from bench.results import LEADERBOARD_COLUMNS, ResultsError, read_leaderboard
 
 GROUP = ["mode", "scenario", "model"]
 ARM_SETTINGS = ("budget", "prompts_per_step", "steps")
-MIN_SEEDS_IQM = 4          # below this the 25% trim removes nothing: the IQM is left empty
+MIN_SEEDS_IQM = 4  # below this the 25% trim removes nothing: the IQM is left empty
 CONFIDENCE = 0.95
 RESAMPLES = 2000
-NUMERIC = ["seed", "budget", "prompts_per_step", "steps", "initial_test_accuracy",
-           "final_test_accuracy", "auc_test_accuracy", "target_accuracy", "rollouts_to_target",
-           "rollouts", "tokens", "train_samples", "final_train_reward",
-           "mean_effective_grad_ratio", "mean_effective_prompt_ratio",
-           "solver_seconds_per_step", "wall_seconds"]
-REQUIRED = ["mode", "scenario", "method", "seed", "budget", "final_test_accuracy",
-            "auc_test_accuracy", "config_hash"]
+NUMERIC = [
+    "seed",
+    "budget",
+    "prompts_per_step",
+    "steps",
+    "initial_test_accuracy",
+    "final_test_accuracy",
+    "auc_test_accuracy",
+    "target_accuracy",
+    "rollouts_to_target",
+    "rollouts",
+    "tokens",
+    "train_samples",
+    "final_train_reward",
+    "mean_effective_grad_ratio",
+    "mean_effective_prompt_ratio",
+    "solver_seconds_per_step",
+    "wall_seconds",
+]
+REQUIRED = [
+    "mode",
+    "scenario",
+    "method",
+    "seed",
+    "budget",
+    "final_test_accuracy",
+    "auc_test_accuracy",
+    "config_hash",
+]
 METRICS = {  # metric column -> (title, higher is better)
     "final_test_accuracy": ("final test accuracy", True),
     "auc_test_accuracy": ("AUC of test accuracy vs rollouts", True),
@@ -58,6 +80,7 @@ METRICS = {  # metric column -> (title, higher is better)
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+
 def find_leaderboards(paths: list[str | Path]) -> list[Path]:
     """Run leaderboards named by ``paths``: a CSV file as given, a folder's ``*_leaderboard.csv``
     files, its subfolders' included (``solvers_leaderboard.csv`` excluded: its schema is the
@@ -65,11 +88,14 @@ def find_leaderboards(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*_leaderboard.csv")
-                           if f.name != "solvers_leaderboard.csv")
+            files = sorted(
+                f for f in p.rglob("*_leaderboard.csv") if f.name != "solvers_leaderboard.csv"
+            )
             if not files:
-                raise ResultsError(f"no leaderboard in {p} (expected files named "
-                                   f"<mode>_leaderboard.csv, e.g. simulate_leaderboard.csv)")
+                raise ResultsError(
+                    f"no leaderboard in {p} (expected files named "
+                    f"<mode>_leaderboard.csv, e.g. simulate_leaderboard.csv)"
+                )
             found.extend(files)
         elif p.is_file():
             found.append(p)
@@ -89,8 +115,9 @@ def load_rows(files: list[Path]) -> pd.DataFrame:
             bad = num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
             if bad.any():
                 k = int(np.flatnonzero(bad.to_numpy())[0])
-                raise ResultsError(f"{f} is malformed: line {k + 2}, column {col}: "
-                                   f"{raw.iloc[k]!r} is not a number")
+                raise ResultsError(
+                    f"{f} is malformed: line {k + 2}, column {col}: {raw.iloc[k]!r} is not a number"
+                )
             df[col] = num.astype(float)
         for col in REQUIRED:
             empty = df[col].isna()
@@ -114,9 +141,12 @@ def dedupe(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return kept.reset_index(drop=True), len(rows) - len(kept)
 
 
-def filter_rows(rows: pd.DataFrame, modes: list[str] | None = None,
-                scenarios: list[str] | None = None,
-                methods: list[str] | None = None) -> pd.DataFrame:
+def filter_rows(
+    rows: pd.DataFrame,
+    modes: list[str] | None = None,
+    scenarios: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> pd.DataFrame:
     """Rows of the given modes, scenarios (or models) and methods (a spec label or a registry
     name, which keeps all of that method's variants); ``None`` keeps everything."""
     keep = np.ones(len(rows), bool)
@@ -145,16 +175,23 @@ def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
         mixed = part["frozen"].nunique() > 1
         if varying or mixed:
             rows.loc[idx, "arm"] = part.apply(
-                lambda r: f"{r['method']} ("
-                          + ", ".join([f"{s}={r[s]}" for s in varying]
-                                      + (["frozen"] if mixed and r["frozen"] else []))
-                          + ")", axis=1).str.replace(" ()", "", regex=False)
+                lambda r: (
+                    f"{r['method']} ("
+                    + ", ".join(
+                        [f"{s}={r[s]}" for s in varying]
+                        + (["frozen"] if mixed and r["frozen"] else [])
+                    )
+                    + ")"
+                ),
+                axis=1,
+            ).str.replace(" ()", "", regex=False)
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # Estimates
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -176,23 +213,32 @@ def _mean_axis(x, axis=-1):
     return np.mean(x, axis=axis)
 
 
-def _bootstrap(data: tuple, statistic, point: float, resamples: int, confidence: float,
-               seed: int) -> Interval:
+def _bootstrap(
+    data: tuple, statistic, point: float, resamples: int, confidence: float, seed: int
+) -> Interval:
     if min(len(d) for d in data) < 2:
         return Interval(point, float("nan"), float("nan"))
     if all(np.ptp(d) == 0 for d in data):  # no spread: every resample gives the point
         return Interval(point, point, point)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap(data, statistic, n_resamples=resamples, vectorized=True,
-                              paired=False, confidence_level=confidence, method="percentile",
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            data,
+            statistic,
+            n_resamples=resamples,
+            vectorized=True,
+            paired=False,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     ci = res.confidence_interval
     return Interval(point, float(ci.low), float(ci.high))
 
 
-def mean_ci(values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-            seed: int = 0) -> Interval:
+def mean_ci(
+    values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """Mean over seeds with its percentile bootstrap interval (NaN bounds below 2 seeds)."""
     x = np.asarray(values, float)
     x = x[~np.isnan(x)]
@@ -201,8 +247,9 @@ def mean_ci(values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
     return _bootstrap((x,), _mean_axis, float(x.mean()), resamples, confidence, seed)
 
 
-def iqm_ci(values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-           seed: int = 0) -> Interval:
+def iqm_ci(
+    values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """IQM with its bootstrap interval; all NaN below ``MIN_SEEDS_IQM`` seeds."""
     x = np.asarray(values, float)
     x = x[~np.isnan(x)]
@@ -211,8 +258,9 @@ def iqm_ci(values, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
     return _bootstrap((x,), _iqm_axis, iqm(x), resamples, confidence, seed)
 
 
-def stratified_ci(strata: list, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                  seed: int = 0) -> Interval:
+def stratified_ci(
+    strata: list, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """Mean over strata (scenarios) of the per-stratum mean; seeds resampled within strata."""
     data = tuple(np.asarray(s, float)[~np.isnan(np.asarray(s, float))] for s in strata)
     data = tuple(d for d in data if d.size)
@@ -227,12 +275,14 @@ def stratified_ci(strata: list, resamples: int = RESAMPLES, confidence: float = 
 
 
 def _poi_axis(x, y, axis=-1):
-    return (stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic
-            / (x.shape[axis] * y.shape[axis]))
+    return stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic / (
+        x.shape[axis] * y.shape[axis]
+    )
 
 
-def probability_of_improvement(x, y, resamples: int = RESAMPLES,
-                               confidence: float = CONFIDENCE, seed: int = 0) -> Interval:
+def probability_of_improvement(
+    x, y, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """P(a run of X beats a run of Y) = U/(m·n), ties counting 1/2, with a bootstrap interval
     resampling X's and Y's seeds independently (rliable's ``probability_of_improvement``)."""
     x = np.asarray(x, float)
@@ -244,8 +294,9 @@ def probability_of_improvement(x, y, resamples: int = RESAMPLES,
     return _bootstrap((x, y), _poi_axis, point, resamples, confidence, seed)
 
 
-def ratio_of_means(num, den, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                   seed: int = 0) -> Interval:
+def ratio_of_means(
+    num, den, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """mean(num) / mean(den) with a bootstrap interval (the two samples resampled independently)."""
     a = np.asarray(num, float)
     b = np.asarray(den, float)
@@ -263,15 +314,26 @@ def ratio_of_means(num, den, resamples: int = RESAMPLES, confidence: float = CON
 # Tables
 # ---------------------------------------------------------------------------------------------
 
+
 def _arm_info(part: pd.DataFrame) -> dict:
     first = part.iloc[0]
-    return {"method": first["method"], "method_name": first.get("method_name", ""),
-            "budget": int(first["budget"]), "prompts_per_step": int(first["prompts_per_step"]),
-            "steps": int(first["steps"]), "seeds": int(part["seed"].nunique())}
+    return {
+        "method": first["method"],
+        "method_name": first.get("method_name", ""),
+        "budget": int(first["budget"]),
+        "prompts_per_step": int(first["prompts_per_step"]),
+        "steps": int(first["steps"]),
+        "seeds": int(part["seed"].nunique()),
+    }
 
 
-def rank(rows: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
-         confidence: float = CONFIDENCE, seed: int = 0) -> pd.DataFrame:
+def rank(
+    rows: pd.DataFrame,
+    metric: str,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per (group, arm), ranked inside each group by the mean of ``metric`` (best first):
     mean with its bootstrap interval, IQM with its interval (enough seeds only)."""
     higher = METRICS.get(metric, (metric, True))[1]
@@ -282,33 +344,73 @@ def rank(rows: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
             v = part[metric].to_numpy(float)
             m = mean_ci(v, resamples, confidence, seed)
             q = iqm_ci(v, resamples, confidence, seed)
-            recs.append({**dict(zip(GROUP, key)), "arm": arm, **_arm_info(part),
-                         "mean": m.point, "ci_low": m.low, "ci_high": m.high,
-                         "iqm": q.point, "iqm_low": q.low, "iqm_high": q.high})
+            recs.append(
+                {
+                    **dict(zip(GROUP, key)),
+                    "arm": arm,
+                    **_arm_info(part),
+                    "mean": m.point,
+                    "ci_low": m.low,
+                    "ci_high": m.high,
+                    "iqm": q.point,
+                    "iqm_low": q.low,
+                    "iqm_high": q.high,
+                }
+            )
         recs.sort(key=lambda r: (-r["mean"] if higher else r["mean"], r["arm"]))
         for k, r in enumerate(recs, 1):
             r["rank"] = k
         out.extend(recs)
-    cols = [*GROUP, "rank", "arm", "method", "method_name", "budget", "prompts_per_step", "steps",
-            "seeds", "mean", "ci_low", "ci_high", "iqm", "iqm_low", "iqm_high"]
+    cols = [
+        *GROUP,
+        "rank",
+        "arm",
+        "method",
+        "method_name",
+        "budget",
+        "prompts_per_step",
+        "steps",
+        "seeds",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "iqm",
+        "iqm_low",
+        "iqm_high",
+    ]
     return pd.DataFrame(out, columns=cols)
 
 
-def improvement_matrix(rows: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
-                       confidence: float = CONFIDENCE, seed: int = 0) -> pd.DataFrame:
+def improvement_matrix(
+    rows: pd.DataFrame,
+    metric: str,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """P(arm X beats arm Y) on ``metric`` for every ordered pair of arms inside each group."""
     higher = METRICS.get(metric, (metric, True))[1]
     out = []
     for key, g in rows.groupby(GROUP, sort=False):
-        arms = {a: p[metric].to_numpy(float) * (1 if higher else -1)
-                for a, p in g.groupby("arm", sort=False)}
+        arms = {
+            a: p[metric].to_numpy(float) * (1 if higher else -1)
+            for a, p in g.groupby("arm", sort=False)
+        }
         for a, xa in arms.items():
             for b, xb in arms.items():
                 if a == b:
                     continue
                 p = probability_of_improvement(xa, xb, resamples, confidence, seed)
-                out.append({**dict(zip(GROUP, key)), "x": a, "y": b, "p": p.point,
-                            "low": p.low, "high": p.high})
+                out.append(
+                    {
+                        **dict(zip(GROUP, key)),
+                        "x": a,
+                        "y": b,
+                        "p": p.point,
+                        "low": p.low,
+                        "high": p.high,
+                    }
+                )
     return pd.DataFrame(out, columns=[*GROUP, "x", "y", "p", "low", "high"])
 
 
@@ -318,13 +420,15 @@ def tokens_to_target(curves: pd.DataFrame, targets: dict[str, float]) -> dict[st
     out = {}
     for rid, c in curves.groupby("run_id", sort=False):
         c = c.sort_values("step")
-        out[rid] = first_crossing(c["tokens"].to_numpy(float), c["test_accuracy"].to_numpy(float),
-                                  targets[rid])
+        out[rid] = first_crossing(
+            c["tokens"].to_numpy(float), c["test_accuracy"].to_numpy(float), targets[rid]
+        )
     return out
 
 
-def paired_difference(x, y, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                      seed: int = 0) -> Interval:
+def paired_difference(
+    x, y, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
     """Mean of x − y over paired samples (the same seed: the same prompts) with a paired bootstrap
     interval (seeds resampled together)."""
     x = np.asarray(x, float)
@@ -344,9 +448,16 @@ def paired_difference(x, y, resamples: int = RESAMPLES, confidence: float = CONF
         return Interval(point, point, point)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap((x, y), stat, n_resamples=resamples, vectorized=True, paired=True,
-                              confidence_level=confidence, method="percentile",
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (x, y),
+            stat,
+            n_resamples=resamples,
+            vectorized=True,
+            paired=True,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -361,9 +472,15 @@ def baseline_arm(group: pd.DataFrame, budget: int, baseline: str) -> str:
     return str(pick["arm"].iloc[0])
 
 
-def versus_baseline(rows: pd.DataFrame, metric: str, baseline: str = "uniform",
-                    resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                    seed: int = 0, every_budget: bool = False) -> pd.DataFrame:
+def versus_baseline(
+    rows: pd.DataFrame,
+    metric: str,
+    baseline: str = "uniform",
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    every_budget: bool = False,
+) -> pd.DataFrame:
     """Per (group, arm): the arm's ``metric`` minus its baseline arm's, paired by seed over the
     seeds both ran (the same seed gives both the same prompts), with a paired bootstrap interval;
     the unpaired probability of improvement over the baseline; and the baseline's mean rollouts
@@ -374,35 +491,69 @@ def versus_baseline(rows: pd.DataFrame, metric: str, baseline: str = "uniform",
     for key, g in rows.groupby(GROUP, sort=False):
         base_arms = list(dict.fromkeys(g.loc[g["method"] == baseline, "arm"]))
         for arm, part in g.groupby("arm", sort=False):
-            bases = (base_arms if every_budget else
-                     [baseline_arm(g, int(part["budget"].iloc[0]), baseline)])
+            bases = (
+                base_arms
+                if every_budget
+                else [baseline_arm(g, int(part["budget"].iloc[0]), baseline)]
+            )
             for base in bases:
                 if every_budget and base == arm:
                     continue
-                rec = {**dict(zip(GROUP, key)), "arm": arm, "baseline": base,
-                       "paired_seeds": 0, "diff": np.nan, "diff_low": np.nan,
-                       "diff_high": np.nan, "poi": np.nan, "poi_low": np.nan,
-                       "poi_high": np.nan, "compute_ratio": np.nan, "compute_ratio_low": np.nan,
-                       "compute_ratio_high": np.nan}
+                rec = {
+                    **dict(zip(GROUP, key)),
+                    "arm": arm,
+                    "baseline": base,
+                    "paired_seeds": 0,
+                    "diff": np.nan,
+                    "diff_low": np.nan,
+                    "diff_high": np.nan,
+                    "poi": np.nan,
+                    "poi_low": np.nan,
+                    "poi_high": np.nan,
+                    "compute_ratio": np.nan,
+                    "compute_ratio_low": np.nan,
+                    "compute_ratio_high": np.nan,
+                }
                 if base and base != arm:
                     b = g[g["arm"] == base]
                     m = part.merge(b, on="seed", suffixes=("", "_base"))
-                    d = paired_difference(m[metric], m[f"{metric}_base"], resamples, confidence,
-                                          seed)
-                    p = probability_of_improvement(part[metric], b[metric], resamples,
-                                                   confidence, seed)
-                    r = ratio_of_means(b["rollouts_to_target"], part["rollouts_to_target"],
-                                       resamples, confidence, seed)
-                    rec.update(paired_seeds=len(m), diff=d.point, diff_low=d.low,
-                               diff_high=d.high, poi=p.point, poi_low=p.low, poi_high=p.high,
-                               compute_ratio=r.point, compute_ratio_low=r.low,
-                               compute_ratio_high=r.high)
+                    d = paired_difference(
+                        m[metric], m[f"{metric}_base"], resamples, confidence, seed
+                    )
+                    p = probability_of_improvement(
+                        part[metric], b[metric], resamples, confidence, seed
+                    )
+                    r = ratio_of_means(
+                        b["rollouts_to_target"],
+                        part["rollouts_to_target"],
+                        resamples,
+                        confidence,
+                        seed,
+                    )
+                    rec.update(
+                        paired_seeds=len(m),
+                        diff=d.point,
+                        diff_low=d.low,
+                        diff_high=d.high,
+                        poi=p.point,
+                        poi_low=p.low,
+                        poi_high=p.high,
+                        compute_ratio=r.point,
+                        compute_ratio_low=r.low,
+                        compute_ratio_high=r.high,
+                    )
                 out.append(rec)
     return pd.DataFrame(out)
 
 
-def cost(rows: pd.DataFrame, baseline: str = "uniform", curves: pd.DataFrame | None = None,
-         resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0) -> pd.DataFrame:
+def cost(
+    rows: pd.DataFrame,
+    baseline: str = "uniform",
+    curves: pd.DataFrame | None = None,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per (group, arm): rollouts (and tokens, from the run folders' curves) to reach the target
     over the seeds that reached it, how many did, the baseline's rollouts to target divided by
     the arm's ("× less compute", > 1 means the arm needs less), generated rollouts and tokens,
@@ -428,30 +579,45 @@ def cost(rows: pd.DataFrame, baseline: str = "uniform", curves: pd.DataFrame | N
             base_label = baseline_arm(g, info["budget"], baseline)
             if base_label:
                 pick = g[g["arm"] == base_label]
-                ratio = ratio_of_means(pick["rollouts_to_target"], rt, resamples, confidence,
-                                       seed)
+                ratio = ratio_of_means(pick["rollouts_to_target"], rt, resamples, confidence, seed)
             eg = mean_ci(part["mean_effective_grad_ratio"], resamples, confidence, seed)
-            out.append({
-                **dict(zip(GROUP, key)), "arm": arm, **info,
-                "target_accuracy": float(part["target_accuracy"].iloc[0]),
-                "reached": int(np.isfinite(rt).sum()),
-                "rollouts_to_target": r2t.point, "rollouts_to_target_low": r2t.low,
-                "rollouts_to_target_high": r2t.high,
-                "tokens_runs": n_tok, "tokens_reached": int(np.isfinite(tt).sum()),
-                "tokens_to_target": t2t.point, "tokens_to_target_low": t2t.low,
-                "tokens_to_target_high": t2t.high,
-                "baseline": base_label, "compute_ratio": ratio.point,
-                "compute_ratio_low": ratio.low, "compute_ratio_high": ratio.high,
-                "rollouts": float(part["rollouts"].mean()), "tokens": float(part["tokens"].mean()),
-                "effective_grad_ratio": eg.point, "effective_grad_ratio_low": eg.low,
-                "effective_grad_ratio_high": eg.high,
-                "solver_seconds_per_step": float(part["solver_seconds_per_step"].mean()),
-            })
+            out.append(
+                {
+                    **dict(zip(GROUP, key)),
+                    "arm": arm,
+                    **info,
+                    "target_accuracy": float(part["target_accuracy"].iloc[0]),
+                    "reached": int(np.isfinite(rt).sum()),
+                    "rollouts_to_target": r2t.point,
+                    "rollouts_to_target_low": r2t.low,
+                    "rollouts_to_target_high": r2t.high,
+                    "tokens_runs": n_tok,
+                    "tokens_reached": int(np.isfinite(tt).sum()),
+                    "tokens_to_target": t2t.point,
+                    "tokens_to_target_low": t2t.low,
+                    "tokens_to_target_high": t2t.high,
+                    "baseline": base_label,
+                    "compute_ratio": ratio.point,
+                    "compute_ratio_low": ratio.low,
+                    "compute_ratio_high": ratio.high,
+                    "rollouts": float(part["rollouts"].mean()),
+                    "tokens": float(part["tokens"].mean()),
+                    "effective_grad_ratio": eg.point,
+                    "effective_grad_ratio_low": eg.low,
+                    "effective_grad_ratio_high": eg.high,
+                    "solver_seconds_per_step": float(part["solver_seconds_per_step"].mean()),
+                }
+            )
     return pd.DataFrame(out)
 
 
-def across_scenarios(rows: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
-                     confidence: float = CONFIDENCE, seed: int = 0) -> pd.DataFrame:
+def across_scenarios(
+    rows: pd.DataFrame,
+    metric: str,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per mode and arm reported in two or more scenarios: the mean over scenarios of the
     per-scenario mean, with a stratified bootstrap interval (seeds resampled within scenario).
     Arms are matched by label across scenarios; an arm only counts where it appears."""
@@ -462,16 +628,26 @@ def across_scenarios(rows: pd.DataFrame, metric: str, resamples: int = RESAMPLES
             if len(strata) < 2:
                 continue
             ci = stratified_ci(strata, resamples, confidence, seed)
-            out.append({"mode": mode, "arm": arm, "scenarios": len(strata),
-                        "runs": int(sum(len(s) for s in strata)), "mean": ci.point,
-                        "ci_low": ci.low, "ci_high": ci.high})
-    return pd.DataFrame(out, columns=["mode", "arm", "scenarios", "runs", "mean", "ci_low",
-                                      "ci_high"])
+            out.append(
+                {
+                    "mode": mode,
+                    "arm": arm,
+                    "scenarios": len(strata),
+                    "runs": int(sum(len(s) for s in strata)),
+                    "mean": ci.point,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                }
+            )
+    return pd.DataFrame(
+        out, columns=["mode", "arm", "scenarios", "runs", "mean", "ci_low", "ci_high"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Run folders: curves and allocation histograms
 # ---------------------------------------------------------------------------------------------
+
 
 def _read_table(path: Path, columns: list[str]) -> pd.DataFrame | None:
     try:
@@ -483,8 +659,9 @@ def _read_table(path: Path, columns: list[str]) -> pd.DataFrame | None:
     return df[columns]
 
 
-def load_run_tables(rows: pd.DataFrame, runs_dir: str | Path, name: str,
-                    columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def load_run_tables(
+    rows: pd.DataFrame, runs_dir: str | Path, name: str, columns: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
     """``runs_dir/<run_id>/<name>.csv`` of every row, concatenated with ``run_id``; and the run
     ids whose file is missing or unreadable."""
     runs = Path(runs_dir)
@@ -500,9 +677,15 @@ def load_run_tables(rows: pd.DataFrame, runs_dir: str | Path, name: str,
     return pd.concat(frames, ignore_index=True), missing
 
 
-def curve_bands(curves: pd.DataFrame, rows: pd.DataFrame, x: str, points: int = 60,
-                resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                seed: int = 0) -> pd.DataFrame:
+def curve_bands(
+    curves: pd.DataFrame,
+    rows: pd.DataFrame,
+    x: str,
+    points: int = 60,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Mean test accuracy against ``x`` (``rollouts`` or ``tokens``) per (group, arm) with a
     pointwise bootstrap band over seeds. Each seed's curve is interpolated linearly onto a common
     grid from 0 to the smallest final ``x`` among the arm's seeds."""
@@ -515,8 +698,12 @@ def curve_bands(curves: pd.DataFrame, rows: pd.DataFrame, x: str, points: int = 
         if end <= 0:
             continue
         grid = np.linspace(0.0, end, points)
-        m = np.vstack([np.interp(grid, r[x].to_numpy(float), r["test_accuracy"].to_numpy(float))
-                       for r in runs])
+        m = np.vstack(
+            [
+                np.interp(grid, r[x].to_numpy(float), r["test_accuracy"].to_numpy(float))
+                for r in runs
+            ]
+        )
         mean = m.mean(axis=0)
         low = high = np.full(points, np.nan)
         if m.shape[0] >= 2:
@@ -525,14 +712,31 @@ def curve_bands(curves: pd.DataFrame, rows: pd.DataFrame, x: str, points: int = 
             if spread.any():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    res = stats.bootstrap((m[:, spread],), _mean_axis, axis=0,
-                                          n_resamples=resamples, vectorized=True,
-                                          confidence_level=confidence, method="percentile",
-                                          rng=np.random.default_rng(seed))
+                    res = stats.bootstrap(
+                        (m[:, spread],),
+                        _mean_axis,
+                        axis=0,
+                        n_resamples=resamples,
+                        vectorized=True,
+                        confidence_level=confidence,
+                        method="percentile",
+                        rng=np.random.default_rng(seed),
+                    )
                 low[spread] = res.confidence_interval.low
                 high[spread] = res.confidence_interval.high
-        out.append(pd.DataFrame({**dict(zip(GROUP, key)), "arm": arm, "x": grid, "mean": mean,
-                                 "low": low, "high": high, "seeds": m.shape[0]}))
+        out.append(
+            pd.DataFrame(
+                {
+                    **dict(zip(GROUP, key)),
+                    "arm": arm,
+                    "x": grid,
+                    "mean": mean,
+                    "low": low,
+                    "high": high,
+                    "seeds": m.shape[0],
+                }
+            )
+        )
     if not out:
         return pd.DataFrame(columns=[*GROUP, "arm", "x", "mean", "low", "high", "seeds"])
     return pd.concat(out, ignore_index=True)
@@ -545,14 +749,27 @@ def allocation_summary(alloc: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     meta = rows.set_index("run_id")[[*GROUP, "arm"]]
     a = alloc.join(meta, on="run_id", how="inner")
     if a.empty:
-        return pd.DataFrame(columns=[*GROUP, "arm", "p_low", "p_high", "prompts", "rollouts",
-                                     "rollouts_per_prompt", "share", "seeds"])
-    s = (a.groupby([*GROUP, "arm", "p_low", "p_high"], sort=False)
-         .agg(prompts=("prompts", "sum"), rollouts=("rollouts", "sum"),
-              seeds=("run_id", "nunique")).reset_index())
-    s["rollouts_per_prompt"] = np.where(s["prompts"] > 0,
-                                        s["rollouts"] / s["prompts"].where(s["prompts"] > 0, 1),
-                                        np.nan)
+        return pd.DataFrame(
+            columns=[
+                *GROUP,
+                "arm",
+                "p_low",
+                "p_high",
+                "prompts",
+                "rollouts",
+                "rollouts_per_prompt",
+                "share",
+                "seeds",
+            ]
+        )
+    s = (
+        a.groupby([*GROUP, "arm", "p_low", "p_high"], sort=False)
+        .agg(prompts=("prompts", "sum"), rollouts=("rollouts", "sum"), seeds=("run_id", "nunique"))
+        .reset_index()
+    )
+    s["rollouts_per_prompt"] = np.where(
+        s["prompts"] > 0, s["rollouts"] / s["prompts"].where(s["prompts"] > 0, 1), np.nan
+    )
     total = s.groupby([*GROUP, "arm"], sort=False)["rollouts"].transform("sum")
     s["share"] = s["rollouts"] / total.where(total > 0, 1)
     return s

@@ -37,8 +37,9 @@ def fmt(x: float, digits: int = 3) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def fmt_ci(point: float, low: float, high: float, digits: int = 3, signed: bool = False,
-           sep: str = " ") -> str:
+def fmt_ci(
+    point: float, low: float, high: float, digits: int = 3, signed: bool = False, sep: str = " "
+) -> str:
     if point is None or not np.isfinite(point):
         return "-"
     f = f"+.{digits}f" if signed else f".{digits}f"
@@ -73,6 +74,7 @@ def group_title(key) -> str:
 # Solver scaling (results/solvers_leaderboard.csv, written by `bench solvers`)
 # ---------------------------------------------------------------------------------------------
 
+
 def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
     """Draw the solver scaling chart from `bench solvers`' CSV (its columns: ``SOLVER_COLUMNS``
     of ``bench/solvers_cmd.py``); returns (png or None, a note for the report). The CSV is an
@@ -86,9 +88,11 @@ def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
         df = read_leaderboard(path, SOLVER_COLUMNS)
     except ResultsError as exc:
         return None, f"solver scaling chart skipped: {exc}"
-    df = df.assign(median_seconds=pd.to_numeric(df["median_seconds"], errors="coerce"),
-                   prompts=pd.to_numeric(df["prompts"], errors="coerce"),
-                   per_prompt=pd.to_numeric(df["per_prompt"], errors="coerce"))
+    df = df.assign(
+        median_seconds=pd.to_numeric(df["median_seconds"], errors="coerce"),
+        prompts=pd.to_numeric(df["prompts"], errors="coerce"),
+        per_prompt=pd.to_numeric(df["per_prompt"], errors="coerce"),
+    )
     df = df[df["median_seconds"].notna() & (df["median_seconds"] > 0) & (df["prompts"] > 0)]
     if df.empty:
         return None, f"solver scaling chart skipped: {path} has no timed rows"
@@ -99,44 +103,107 @@ def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
     rates = "uniform" if (df["rates"] == "uniform").any() else str(df["rates"].iloc[0])
     df = df[df["rates"] == rates]
     df = df.drop_duplicates(["value_function", "solver", "prompts", "cap"], keep="last")
-    png = plots.solver_scaling(df, f"Allocation solvers: median time per solve, {per} rollouts "
-                                   f"per prompt, {rates} rates", out_dir / "solver_scaling.png")
-    return png, (f"solver scaling from {path}: {len(df)} timings at {per} rollouts per prompt, "
-                 f"{rates} rates (all sizes and the speed-ups are in the CSV)")
+    png = plots.solver_scaling(
+        df,
+        f"Allocation solvers: median time per solve, {per} rollouts per prompt, {rates} rates",
+        out_dir / "solver_scaling.png",
+    )
+    return png, (
+        f"solver scaling from {path}: {len(df)} timings at {per} rollouts per prompt, "
+        f"{rates} rates (all sizes and the speed-ups are in the CSV)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
 
+
 @click.command()
-@click.option("--results", "results_paths", multiple=True, type=click.Path(), default=["results"],
-              show_default=True,
-              help="A leaderboard CSV, or a folder: its <mode>_leaderboard.csv files, subfolders "
-                   "included (repeatable).")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
-              help="Folder of the run folders (curves and allocation histograms for the plots).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/report",
-              show_default=True, help="Folder for report.md, the PNG plots and CSV tables.")
-@click.option("--mode", "modes", default=None,
-              help=f"Comma-separated modes to keep ({', '.join(MODES)}) [default: all].")
-@click.option("--scenario", "scenarios", default=None,
-              help="Comma-separated scenarios (or trained models) to keep [default: all].")
-@click.option("--methods", default=None,
-              help="Comma-separated method specs or registry names to keep [default: all].")
-@click.option("--baseline", default="uniform", show_default=True,
-              help="Method spec the others are compared with (probability of improvement, "
-                   "compute ratio).")
-@click.option("--solvers", "solvers_path", type=click.Path(dir_okay=False),
-              default="results/solvers_leaderboard.csv", show_default=True,
-              help="Solver benchmark CSV for the scaling chart (skipped with a note if absent).")
-@click.option("--resamples", type=click.IntRange(min=100), default=R.RESAMPLES, show_default=True,
-              help="Bootstrap resamples per interval.")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=R.CONFIDENCE,
-              show_default=True, help="Confidence level of the intervals.")
+@click.option(
+    "--results",
+    "results_paths",
+    multiple=True,
+    type=click.Path(),
+    default=["results"],
+    show_default=True,
+    help="A leaderboard CSV, or a folder: its <mode>_leaderboard.csv files, subfolders "
+    "included (repeatable).",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    help="Folder of the run folders (curves and allocation histograms for the plots).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results/report",
+    show_default=True,
+    help="Folder for report.md, the PNG plots and CSV tables.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    default=None,
+    help=f"Comma-separated modes to keep ({', '.join(MODES)}) [default: all].",
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    default=None,
+    help="Comma-separated scenarios (or trained models) to keep [default: all].",
+)
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated method specs or registry names to keep [default: all].",
+)
+@click.option(
+    "--baseline",
+    default="uniform",
+    show_default=True,
+    help="Method spec the others are compared with (probability of improvement, compute ratio).",
+)
+@click.option(
+    "--solvers",
+    "solvers_path",
+    type=click.Path(dir_okay=False),
+    default="results/solvers_leaderboard.csv",
+    show_default=True,
+    help="Solver benchmark CSV for the scaling chart (skipped with a note if absent).",
+)
+@click.option(
+    "--resamples",
+    type=click.IntRange(min=100),
+    default=R.RESAMPLES,
+    show_default=True,
+    help="Bootstrap resamples per interval.",
+)
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 0.999),
+    default=R.CONFIDENCE,
+    show_default=True,
+    help="Confidence level of the intervals.",
+)
 @click.option("--no-plots", is_flag=True, help="Write the Markdown report and tables only.")
-def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline, solvers_path,
-           resamples, confidence, no_plots):
+def report(
+    results_paths,
+    runs_dir,
+    out_dir,
+    modes,
+    scenarios,
+    methods,
+    baseline,
+    solvers_path,
+    resamples,
+    confidence,
+    no_plots,
+):
     """Rank methods per mode and scenario: mean and bootstrap CI over seeds, IQM, probability of
     improvement, cost to reach the target accuracy; Markdown report and PNG plots in OUT.
     """
@@ -157,16 +224,19 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
         raise usage_error(f"no runs in {', '.join(map(str, files))}")
     rows, dropped = R.dedupe(rows)
     scen_list, meth_list = _split(scenarios), _split(methods)
-    for values, cols, opt in ((scen_list, ["scenario", "model"], "--scenario"),
-                              (meth_list, ["method", "method_name"], "--methods")):
+    for values, cols, opt in (
+        (scen_list, ["scenario", "model"], "--scenario"),
+        (meth_list, ["method", "method_name"], "--methods"),
+    ):
         if not values:
             continue
         known = set().union(*(set(rows[c].dropna().astype(str)) for c in cols))
         unknown = [v for v in values if v not in known]
         if unknown:
             shown = sorted(set(rows[cols[0]].astype(str)))
-            raise usage_error(f"{opt} {unknown[0]!r} matches no run (in the leaderboards: "
-                              f"{', '.join(shown)})")
+            raise usage_error(
+                f"{opt} {unknown[0]!r} matches no run (in the leaderboards: {', '.join(shown)})"
+            )
     rows = R.filter_rows(rows, mode_list, scen_list, meth_list)
     if rows.empty:
         raise usage_error("no run matches the filters (--mode/--scenario/--methods)")
@@ -189,16 +259,19 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
 
     notes: list[str] = []
     if not (rows["method"] == baseline).any():
-        notes.append(f"no run of the baseline {baseline!r}: no comparisons with a baseline "
-                     f"(choose one with --baseline)")
+        notes.append(
+            f"no run of the baseline {baseline!r}: no comparisons with a baseline "
+            f"(choose one with --baseline)"
+        )
     if dropped:
         notes.append(f"{dropped} duplicate row(s) (same config hash) counted once")
     plots_written: dict[tuple, dict[str, Path]] = {}
     if no_plots:
         notes.append("plots not drawn (--no-plots)")
     else:
-        plots_written, plot_notes = _draw(rows, curves, alloc, missing_curves, missing_alloc,
-                                          out, runs_dir, **kw)
+        plots_written, plot_notes = _draw(
+            rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, **kw
+        )
         notes.extend(plot_notes)
         png, note = solver_chart(Path(solvers_path), out)
         notes.append(note)
@@ -214,34 +287,56 @@ def report(results_paths, runs_dir, out_dir, modes, scenarios, methods, baseline
     ranks["auc_test_accuracy"].to_csv(out / "ranking_auc_test_accuracy.csv", index=False)
     poi.to_csv(out / "probability_of_improvement.csv", index=False)
     costs.to_csv(out / "cost.csv", index=False)
-    pd.concat([v.assign(metric=m) for m, v in vs.items()]).to_csv(out / "versus_baseline.csv",
-                                                                  index=False)
+    pd.concat([v.assign(metric=m) for m, v in vs.items()]).to_csv(
+        out / "versus_baseline.csv", index=False
+    )
     cross.to_csv(out / "versus_baseline_every_budget.csv", index=False)
-    md = _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, notes,
-                   baseline, confidence, resamples, out)
+    md = _markdown(
+        rows,
+        files,
+        ranks,
+        poi,
+        vs,
+        cross,
+        costs,
+        across,
+        plots_written,
+        notes,
+        baseline,
+        confidence,
+        resamples,
+        out,
+    )
     (out / "report.md").write_text(md)
-    console.print(f"report: {out / 'report.md'} ({len(rows)} runs, "
-                  f"{rows['arm'].nunique()} arms, {time.perf_counter() - t0:.1f} s)")
+    console.print(
+        f"report: {out / 'report.md'} ({len(rows)} runs, "
+        f"{rows['arm'].nunique()} arms, {time.perf_counter() - t0:.1f} s)"
+    )
 
 
-def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, resamples,
-          confidence):
+def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, resamples, confidence):
     from bench import plots
 
     notes = []
     written: dict[tuple, dict[str, Path]] = {}
     if missing_curves:
-        notes.append(f"{len(missing_curves)} of {len(rows)} run folders have no evals.csv under "
-                     f"{runs_dir}/ (run folders are not committed): learning curves use the "
-                     f"others" if len(curves) else
-                     f"no run folder under {runs_dir}/ has evals.csv (run folders are not "
-                     f"committed): learning-curve plots and tokens-to-target skipped")
+        notes.append(
+            f"{len(missing_curves)} of {len(rows)} run folders have no evals.csv under "
+            f"{runs_dir}/ (run folders are not committed): learning curves use the "
+            f"others"
+            if len(curves)
+            else f"no run folder under {runs_dir}/ has evals.csv (run folders are not "
+            f"committed): learning-curve plots and tokens-to-target skipped"
+        )
     if missing_alloc and len(alloc):
-        notes.append(f"{len(missing_alloc)} of {len(rows)} run folders have no allocation.csv: "
-                     f"allocation histograms use the others")
+        notes.append(
+            f"{len(missing_alloc)} of {len(rows)} run folders have no allocation.csv: "
+            f"allocation histograms use the others"
+        )
     elif missing_alloc:
-        notes.append(f"no run folder under {runs_dir}/ has allocation.csv: allocation histograms "
-                     f"skipped")
+        notes.append(
+            f"no run folder under {runs_dir}/ has allocation.csv: allocation histograms skipped"
+        )
     for x in ("rollouts", "tokens"):
         if curves.empty:
             break
@@ -249,15 +344,23 @@ def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, res
         for key, b in bands.groupby(R.GROUP, sort=False):
             g = rows[(rows[R.GROUP] == pd.Series(key, index=R.GROUP)).all(axis=1)]
             target = float(g["target_accuracy"].iloc[0])
-            png = plots.learning_curves(b, x, f"{group_title(key)}: test accuracy vs {x}",
-                                        out / f"curves-{x}-{plots.slug(*key)}.png", target,
-                                        confidence)
+            png = plots.learning_curves(
+                b,
+                x,
+                f"{group_title(key)}: test accuracy vs {x}",
+                out / f"curves-{x}-{plots.slug(*key)}.png",
+                target,
+                confidence,
+            )
             written.setdefault(key, {})[f"learning curves vs {x}"] = png
     if len(alloc):
         summary = R.allocation_summary(alloc, rows)
         for key, s in summary.groupby(R.GROUP, sort=False):
-            png = plots.allocation_histogram(s, f"{group_title(key)}: rollouts by pass rate",
-                                             out / f"allocation-{plots.slug(*key)}.png")
+            png = plots.allocation_histogram(
+                s,
+                f"{group_title(key)}: rollouts by pass rate",
+                out / f"allocation-{plots.slug(*key)}.png",
+            )
             written.setdefault(key, {})["allocation histogram"] = png
     return written, notes
 
@@ -265,16 +368,25 @@ def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, res
 def _lookup(df: pd.DataFrame, key, arm) -> pd.Series | None:
     if df.empty:
         return None
-    m = df[(df["mode"] == key[0]) & (df["scenario"] == key[1]) & (df["model"] == key[2])
-           & (df["arm"] == arm)]
+    m = df[
+        (df["mode"] == key[0])
+        & (df["scenario"] == key[1])
+        & (df["model"] == key[2])
+        & (df["arm"] == arm)
+    ]
     return None if m.empty else m.iloc[0]
 
 
 def _poi_vs(poi, key, arm, other):
     if poi.empty or not other or arm == other:
         return None
-    m = poi[(poi["mode"] == key[0]) & (poi["scenario"] == key[1]) & (poi["model"] == key[2])
-            & (poi["x"] == arm) & (poi["y"] == other)]
+    m = poi[
+        (poi["mode"] == key[0])
+        & (poi["scenario"] == key[1])
+        & (poi["model"] == key[2])
+        & (poi["x"] == arm)
+        & (poi["y"] == other)
+    ]
     return None if m.empty else m.iloc[0]
 
 
@@ -282,17 +394,42 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
     fin = ranks["final_test_accuracy"]
     auc = ranks["auc_test_accuracy"]
     g = fin[(fin["mode"] == key[0]) & (fin["scenario"] == key[1]) & (fin["model"] == key[2])]
-    bases = sorted({b for b in vs["final_test_accuracy"].pipe(
-        lambda v: v[(v["mode"] == key[0]) & (v["scenario"] == key[1]) & (v["model"] == key[2])]
-    )["baseline"] if b})
+    bases = sorted(
+        {
+            b
+            for b in vs["final_test_accuracy"].pipe(
+                lambda v: v[
+                    (v["mode"] == key[0]) & (v["scenario"] == key[1]) & (v["model"] == key[2])
+                ]
+            )["baseline"]
+            if b
+        }
+    )
     target = None
-    table = Table(show_lines=True, title=f"{group_title(key)}: ranked by final test accuracy "
-                        f"(mean [{confidence:.0%} bootstrap CI] over seeds)")
-    for col in ("#", "arm", "seeds", "final acc", "Δ vs base (paired)", "P(> base)",
-                "AUC acc (rank)", "rollouts to target", "× less compute", "eff. grad"):
-        table.add_column(col, justify="left" if col == "arm" else "right",
-                         overflow="fold", no_wrap=col != "arm",
-                         min_width=min(20, max(map(len, g["arm"]))) if col == "arm" else None)
+    table = Table(
+        show_lines=True,
+        title=f"{group_title(key)}: ranked by final test accuracy "
+        f"(mean [{confidence:.0%} bootstrap CI] over seeds)",
+    )
+    for col in (
+        "#",
+        "arm",
+        "seeds",
+        "final acc",
+        "Δ vs base (paired)",
+        "P(> base)",
+        "AUC acc (rank)",
+        "rollouts to target",
+        "× less compute",
+        "eff. grad",
+    ):
+        table.add_column(
+            col,
+            justify="left" if col == "arm" else "right",
+            overflow="fold",
+            no_wrap=col != "arm",
+            min_width=min(20, max(map(len, g["arm"]))) if col == "arm" else None,
+        )
     for r in g.itertuples(index=False):
         a = _lookup(auc, key, r.arm)
         c = _lookup(costs, key, r.arm)
@@ -300,18 +437,28 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
         target = c["target_accuracy"] if c is not None else target
         to_target = "-"
         if c is not None:
-            to_target = (f"{fmt_count(c['rollouts_to_target'])} ({c['reached']}/{r.seeds})"
-                         if c["reached"] else f"never (0/{r.seeds})")
+            to_target = (
+                f"{fmt_count(c['rollouts_to_target'])} ({c['reached']}/{r.seeds})"
+                if c["reached"]
+                else f"never (0/{r.seeds})"
+            )
         has_base = v is not None and v["paired_seeds"] > 0
-        table.add_row(str(r.rank), r.arm, str(r.seeds), fmt_ci(r.mean, r.ci_low, r.ci_high, sep="\n"),
-                      fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True, sep="\n")
-                      if has_base else "-",
-                      fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2, sep="\n") if has_base else "-",
-                      f"{fmt(a['mean'])} ({a['rank']})" if a is not None else "-",
-                      to_target,
-                      fmt_ci(c["compute_ratio"], c["compute_ratio_low"], c["compute_ratio_high"],
-                             2, sep="\n") if c is not None else "-",
-                      fmt(c["effective_grad_ratio"]) if c is not None else "-")
+        table.add_row(
+            str(r.rank),
+            r.arm,
+            str(r.seeds),
+            fmt_ci(r.mean, r.ci_low, r.ci_high, sep="\n"),
+            fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True, sep="\n")
+            if has_base
+            else "-",
+            fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2, sep="\n") if has_base else "-",
+            f"{fmt(a['mean'])} ({a['rank']})" if a is not None else "-",
+            to_target,
+            fmt_ci(c["compute_ratio"], c["compute_ratio_low"], c["compute_ratio_high"], 2, sep="\n")
+            if c is not None
+            else "-",
+            fmt(c["effective_grad_ratio"]) if c is not None else "-",
+        )
     cap = f"base = {' / '.join(bases) if bases else '(no ' + baseline + ' arm)'}"
     if len(bases) > 1:
         cap += " (same budget, else the largest)"
@@ -322,102 +469,210 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
 
 
 def _md_table(header: list[str], body: list[list[str]], left: int = 1) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if k < left else "---:" for k in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if k < left else "---:" for k in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in body]
     return "\n".join(lines)
 
 
-def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, notes, baseline,
-              confidence, resamples, out: Path) -> str:
+def _markdown(
+    rows,
+    files,
+    ranks,
+    poi,
+    vs,
+    cross,
+    costs,
+    across,
+    plots_written,
+    notes,
+    baseline,
+    confidence,
+    resamples,
+    out: Path,
+) -> str:
     cl = f"{confidence:.0%}"
     md = ["# rollout-bench report", ""]
-    md.append(f"{len(rows)} runs from {', '.join(f'`{f}`' for f in files)}; "
-              f"{rows['arm'].nunique()} arms in {rows.groupby(R.GROUP).ngroups} group(s). "
-              f"Intervals: {cl} percentile bootstrap over seeds ({resamples} resamples, "
-              f"`scipy.stats.bootstrap`); IQM = interquartile mean (shown from "
-              f"{R.MIN_SEEDS_IQM} seeds); P(X > Y) = probability that a run of X beats a run "
-              f"of Y (Mann-Whitney U / mn). An arm is a method spec plus the run settings that "
-              f"differ inside its group.")
+    md.append(
+        f"{len(rows)} runs from {', '.join(f'`{f}`' for f in files)}; "
+        f"{rows['arm'].nunique()} arms in {rows.groupby(R.GROUP).ngroups} group(s). "
+        f"Intervals: {cl} percentile bootstrap over seeds ({resamples} resamples, "
+        f"`scipy.stats.bootstrap`); IQM = interquartile mean (shown from "
+        f"{R.MIN_SEEDS_IQM} seeds); P(X > Y) = probability that a run of X beats a run "
+        f"of Y (Mann-Whitney U / mn). An arm is a method spec plus the run settings that "
+        f"differ inside its group."
+    )
     md.append("")
     fin = ranks["final_test_accuracy"]
     for key, g in fin.groupby(R.GROUP, sort=False):
         md += [f"## {group_title(key)}", ""]
-        sub = rows[(rows["mode"] == key[0]) & (rows["scenario"] == key[1])
-                   & (rows["model"] == key[2])]
-        settings = ", ".join(f"{s} {', '.join(map(str, sorted(sub[s].unique())))}"
-                             for s in R.ARM_SETTINGS)
-        md += [f"{len(sub)} runs; {settings}; target accuracy "
-               f"{sub['target_accuracy'].iloc[0]:g}.", ""]
+        sub = rows[
+            (rows["mode"] == key[0]) & (rows["scenario"] == key[1]) & (rows["model"] == key[2])
+        ]
+        settings = ", ".join(
+            f"{s} {', '.join(map(str, sorted(sub[s].unique())))}" for s in R.ARM_SETTINGS
+        )
+        md += [
+            f"{len(sub)} runs; {settings}; target accuracy {sub['target_accuracy'].iloc[0]:g}.",
+            "",
+        ]
         for metric, title, extra in (
-                ("final_test_accuracy", "Ranking by final test accuracy", []),
-                ("auc_test_accuracy", "Ranking by AUC of test accuracy against rollouts",
-                 ["AUC = area under test accuracy against cumulative rollouts / rollout span "
-                  "(mean accuracy over the run's compute).", ""])):
+            ("final_test_accuracy", "Ranking by final test accuracy", []),
+            (
+                "auc_test_accuracy",
+                "Ranking by AUC of test accuracy against rollouts",
+                [
+                    "AUC = area under test accuracy against cumulative rollouts / rollout span "
+                    "(mean accuracy over the run's compute).",
+                    "",
+                ],
+            ),
+        ):
             rk = ranks[metric]
             gk = rk[(rk["mode"] == key[0]) & (rk["scenario"] == key[1]) & (rk["model"] == key[2])]
             body = []
             for r in gk.itertuples(index=False):
                 v = _lookup(vs[metric], key, r.arm)
                 has = v is not None and v["paired_seeds"] > 0
-                body.append([r.rank, f"`{r.arm}`", r.seeds, fmt_ci(r.mean, r.ci_low, r.ci_high),
-                             fmt_ci(r.iqm, r.iqm_low, r.iqm_high),
-                             f"`{v['baseline']}`" if has else "-",
-                             (fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True)
-                              + f" ({v['paired_seeds']})") if has else "-",
-                             fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2) if has else "-"])
-            md += [f"### {title}", "", *extra,
-                   _md_table(["#", "arm", "seeds", f"mean [{cl} CI]", f"IQM [{cl} CI]",
-                              "baseline", f"Δ vs baseline, paired by seed [{cl} CI] (seeds)",
-                              f"P(> baseline) [{cl} CI]"], body, left=2), ""]
-        md += ["### Cost", "",
-               "Rollouts and tokens to reach the target accuracy: mean over the seeds that "
-               "reached it (reached/seeds). × less compute = baseline's mean rollouts to "
-               "target / the arm's (> 1: the arm needs less; the baseline is the `" + baseline +
-               "` arm at the same budget, else at the largest). Effective-gradient ratio: trained responses "
-               "in groups with reward variance / trained responses, mean over steps.", ""]
+                body.append(
+                    [
+                        r.rank,
+                        f"`{r.arm}`",
+                        r.seeds,
+                        fmt_ci(r.mean, r.ci_low, r.ci_high),
+                        fmt_ci(r.iqm, r.iqm_low, r.iqm_high),
+                        f"`{v['baseline']}`" if has else "-",
+                        (
+                            fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True)
+                            + f" ({v['paired_seeds']})"
+                        )
+                        if has
+                        else "-",
+                        fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2) if has else "-",
+                    ]
+                )
+            md += [
+                f"### {title}",
+                "",
+                *extra,
+                _md_table(
+                    [
+                        "#",
+                        "arm",
+                        "seeds",
+                        f"mean [{cl} CI]",
+                        f"IQM [{cl} CI]",
+                        "baseline",
+                        f"Δ vs baseline, paired by seed [{cl} CI] (seeds)",
+                        f"P(> baseline) [{cl} CI]",
+                    ],
+                    body,
+                    left=2,
+                ),
+                "",
+            ]
+        md += [
+            "### Cost",
+            "",
+            "Rollouts and tokens to reach the target accuracy: mean over the seeds that "
+            "reached it (reached/seeds). × less compute = baseline's mean rollouts to "
+            "target / the arm's (> 1: the arm needs less; the baseline is the `"
+            + baseline
+            + "` arm at the same budget, else at the largest). Effective-gradient ratio: trained responses "
+            "in groups with reward variance / trained responses, mean over steps.",
+            "",
+        ]
         body = []
         for r in g.itertuples(index=False):
             c = _lookup(costs, key, r.arm)
-            tok = ("-" if c["tokens_runs"] == 0 else
-                   f"{fmt_count_ci(c['tokens_to_target'], c['tokens_to_target_low'], c['tokens_to_target_high'], 'M')}"
-                   f" ({c['tokens_reached']}/{c['tokens_runs']})")
-            body.append([f"`{r.arm}`",
-                         f"{fmt_count_ci(c['rollouts_to_target'], c['rollouts_to_target_low'], c['rollouts_to_target_high'])}"
-                         f" ({c['reached']}/{r.seeds})",
-                         tok,
-                         fmt_ci(c["compute_ratio"], c["compute_ratio_low"],
-                                c["compute_ratio_high"], 2),
-                         fmt_count(c["rollouts"]), fmt_count(c["tokens"], "M"),
-                         fmt_ci(c["effective_grad_ratio"], c["effective_grad_ratio_low"],
-                                c["effective_grad_ratio_high"]),
-                         fmt(1e3 * c["solver_seconds_per_step"], 2)])
-        md += [_md_table(["arm", f"rollouts to target [{cl} CI]", f"tokens to target [{cl} CI]",
-                          "× less compute vs baseline", "rollouts", "tokens",
-                          "effective-gradient ratio", "solver ms/step"], body), ""]
-        cg = cross[(cross["mode"] == key[0]) & (cross["scenario"] == key[1])
-                   & (cross["model"] == key[2])]
+            tok = (
+                "-"
+                if c["tokens_runs"] == 0
+                else f"{fmt_count_ci(c['tokens_to_target'], c['tokens_to_target_low'], c['tokens_to_target_high'], 'M')}"
+                f" ({c['tokens_reached']}/{c['tokens_runs']})"
+            )
+            body.append(
+                [
+                    f"`{r.arm}`",
+                    f"{fmt_count_ci(c['rollouts_to_target'], c['rollouts_to_target_low'], c['rollouts_to_target_high'])}"
+                    f" ({c['reached']}/{r.seeds})",
+                    tok,
+                    fmt_ci(c["compute_ratio"], c["compute_ratio_low"], c["compute_ratio_high"], 2),
+                    fmt_count(c["rollouts"]),
+                    fmt_count(c["tokens"], "M"),
+                    fmt_ci(
+                        c["effective_grad_ratio"],
+                        c["effective_grad_ratio_low"],
+                        c["effective_grad_ratio_high"],
+                    ),
+                    fmt(1e3 * c["solver_seconds_per_step"], 2),
+                ]
+            )
+        md += [
+            _md_table(
+                [
+                    "arm",
+                    f"rollouts to target [{cl} CI]",
+                    f"tokens to target [{cl} CI]",
+                    "× less compute vs baseline",
+                    "rollouts",
+                    "tokens",
+                    "effective-gradient ratio",
+                    "solver ms/step",
+                ],
+                body,
+            ),
+            "",
+        ]
+        cg = cross[
+            (cross["mode"] == key[0]) & (cross["scenario"] == key[1]) & (cross["model"] == key[2])
+        ]
         if cg["baseline"].nunique() > 1:
-            md += [f"### Against `{baseline}` at every budget (final test accuracy)", "",
-                   "Each arm against each baseline arm, whatever its budget (e.g. a method at "
-                   "half the baseline's budget): difference paired by seed, probability of "
-                   "improvement, and the baseline's rollouts to target over the arm's.", ""]
+            md += [
+                f"### Against `{baseline}` at every budget (final test accuracy)",
+                "",
+                "Each arm against each baseline arm, whatever its budget (e.g. a method at "
+                "half the baseline's budget): difference paired by seed, probability of "
+                "improvement, and the baseline's rollouts to target over the arm's.",
+                "",
+            ]
             body = []
             for r in cg.itertuples(index=False):
-                body.append([f"`{r.arm}`", f"`{r.baseline}`",
-                             fmt_ci(r.diff, r.diff_low, r.diff_high, 3, signed=True)
-                             + f" ({r.paired_seeds})",
-                             fmt_ci(r.poi, r.poi_low, r.poi_high, 2),
-                             fmt_ci(r.compute_ratio, r.compute_ratio_low, r.compute_ratio_high,
-                                    2)])
-            md += [_md_table(["arm", "baseline", f"Δ paired by seed [{cl} CI] (seeds)",
-                              f"P(> baseline) [{cl} CI]", f"× less compute [{cl} CI]"], body,
-                             left=2), ""]
+                body.append(
+                    [
+                        f"`{r.arm}`",
+                        f"`{r.baseline}`",
+                        fmt_ci(r.diff, r.diff_low, r.diff_high, 3, signed=True)
+                        + f" ({r.paired_seeds})",
+                        fmt_ci(r.poi, r.poi_low, r.poi_high, 2),
+                        fmt_ci(r.compute_ratio, r.compute_ratio_low, r.compute_ratio_high, 2),
+                    ]
+                )
+            md += [
+                _md_table(
+                    [
+                        "arm",
+                        "baseline",
+                        f"Δ paired by seed [{cl} CI] (seeds)",
+                        f"P(> baseline) [{cl} CI]",
+                        f"× less compute [{cl} CI]",
+                    ],
+                    body,
+                    left=2,
+                ),
+                "",
+            ]
         arms = list(g["arm"])
         if len(arms) > 1:
-            md += ["### Probability of improvement (final test accuracy)", "",
-                   "P(row beats column): the chance that a run of the row's arm ends with a "
-                   "higher final test accuracy than a run of the column's arm.", ""]
+            md += [
+                "### Probability of improvement (final test accuracy)",
+                "",
+                "P(row beats column): the chance that a run of the row's arm ends with a "
+                "higher final test accuracy than a run of the column's arm.",
+                "",
+            ]
             body = []
             for a in arms:
                 line = [f"`{a}`"]
@@ -429,12 +684,19 @@ def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, 
         for title, png in plots_written.get(key, {}).items():
             md += [f"![{title}]({png.relative_to(out).as_posix()})", ""]
     if len(across):
-        md += ["## Across scenarios (final test accuracy)", "",
-               "Mean over scenarios of each scenario's mean; the interval is a stratified "
-               "bootstrap (seeds resampled within each scenario).", ""]
-        body = [[r.mode, f"`{r.arm}`", r.scenarios, r.runs, fmt_ci(r.mean, r.ci_low, r.ci_high)]
-                for r in across.sort_values(["mode", "mean"], ascending=[True, False])
-                .itertuples(index=False)]
+        md += [
+            "## Across scenarios (final test accuracy)",
+            "",
+            "Mean over scenarios of each scenario's mean; the interval is a stratified "
+            "bootstrap (seeds resampled within each scenario).",
+            "",
+        ]
+        body = [
+            [r.mode, f"`{r.arm}`", r.scenarios, r.runs, fmt_ci(r.mean, r.ci_low, r.ci_high)]
+            for r in across.sort_values(["mode", "mean"], ascending=[True, False]).itertuples(
+                index=False
+            )
+        ]
         md += [_md_table(["mode", "arm", "scenarios", "runs", f"mean [{cl} CI]"], body), ""]
     if ("solvers",) in plots_written:
         md += ["## Solver scaling", ""]
@@ -442,7 +704,10 @@ def _markdown(rows, files, ranks, poi, vs, cross, costs, across, plots_written, 
             md += [f"![{title}]({png.relative_to(out).as_posix()})", ""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    md += ["Tables as CSV: `ranking_final_test_accuracy.csv`, `ranking_auc_test_accuracy.csv`, "
-           "`probability_of_improvement.csv`, `versus_baseline.csv`, `versus_baseline_every_budget.csv`, "
-           "`cost.csv`.", ""]
+    md += [
+        "Tables as CSV: `ranking_final_test_accuracy.csv`, `ranking_auc_test_accuracy.csv`, "
+        "`probability_of_improvement.csv`, `versus_baseline.csv`, `versus_baseline_every_budget.csv`, "
+        "`cost.csv`.",
+        "",
+    ]
     return "\n".join(md)

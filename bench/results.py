@@ -33,34 +33,34 @@ import pandas as pd
 
 # The leaderboard schema shared by `bench simulate` and `bench train` (results/README.md).
 LEADERBOARD_COLUMNS = [
-    "timestamp",                  # UTC, ISO 8601, when the run finished
-    "mode",                       # simulate | train
-    "run_id",                     # folder name under runs/
-    "scenario",                   # simulator scenario, or the trainer's task
-    "model",                      # "simulator", or the trained model's id/path
-    "method",                     # canonical method spec: name[@preset][:option=value...]
-    "method_name",                # registry name
+    "timestamp",  # UTC, ISO 8601, when the run finished
+    "mode",  # simulate | train
+    "run_id",  # folder name under runs/
+    "scenario",  # simulator scenario, or the trainer's task
+    "model",  # "simulator", or the trained model's id/path
+    "method",  # canonical method spec: name[@preset][:option=value...]
+    "method_name",  # registry name
     "seed",
-    "budget",                     # rollouts per step (the methods' shared budget)
+    "budget",  # rollouts per step (the methods' shared budget)
     "prompts_per_step",
     "steps",
-    "eval_every",                 # steps between test-accuracy evaluations
-    "frozen",                     # True: the policy never moved (simulate --frozen; train lr 0)
+    "eval_every",  # steps between test-accuracy evaluations
+    "frozen",  # True: the policy never moved (simulate --frozen; train lr 0)
     "initial_test_accuracy",
     "final_test_accuracy",
-    "auc_test_accuracy",          # mean test accuracy over cumulative rollouts (normalised area)
+    "auc_test_accuracy",  # mean test accuracy over cumulative rollouts (normalised area)
     "target_accuracy",
-    "rollouts_to_target",         # cumulative rollouts to reach target_accuracy; empty if never
-    "rollouts",                   # all generated, discarded included
-    "tokens",                     # all generated tokens
+    "rollouts_to_target",  # cumulative rollouts to reach target_accuracy; empty if never
+    "rollouts",  # all generated, discarded included
+    "tokens",  # all generated tokens
     "train_samples",
     "final_train_reward",
     "mean_effective_grad_ratio",
     "mean_effective_prompt_ratio",
     "solver_seconds_per_step",
     "wall_seconds",
-    "config_hash",                # sha256[:16] of the resolved config (seed included)
-    "code_version",               # package version + git commit
+    "config_hash",  # sha256[:16] of the resolved config (seed included)
+    "code_version",  # package version + git commit
 ]
 # Leaderboards written before a column was added: read with the new columns empty, and
 # rewritten in the current schema by their next append.
@@ -90,9 +90,13 @@ def code_version() -> str:
     except PackageNotFoundError:
         v = "0+unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent
-                             ).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{v}+{sha}" if sha else v
@@ -152,12 +156,16 @@ def read_checked(path: str | Path, columns: list[str]) -> str:
         csv.writer(buf, lineterminator="\n").writerows(rows)
         text = buf.getvalue()
     if rows[0] != columns:
-        raise ResultsError(f"{path} is not a leaderboard of this schema (header differs; expected "
-                           f"columns: {','.join(columns)}); move it aside or fix it")
+        raise ResultsError(
+            f"{path} is not a leaderboard of this schema (header differs; expected "
+            f"columns: {','.join(columns)}); move it aside or fix it"
+        )
     for k, row in enumerate(rows[1:], start=2):
         if len(row) != len(columns):
-            raise ResultsError(f"{path} is malformed: line {k} has {len(row)} fields, expected "
-                               f"{len(columns)}; move it aside or fix it")
+            raise ResultsError(
+                f"{path} is malformed: line {k} has {len(row)} fields, expected "
+                f"{len(columns)}; move it aside or fix it"
+            )
     if not text.endswith("\n"):
         text += "\n"
     return text
@@ -188,15 +196,18 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~mask
 
 
-def append_rows(path: str | Path, rows: list[dict], columns: list[str] = LEADERBOARD_COLUMNS) -> None:
+def append_rows(
+    path: str | Path, rows: list[dict], columns: list[str] = LEADERBOARD_COLUMNS
+) -> None:
     """Append ``rows`` (dicts with exactly ``columns``) atomically; see the module docstring."""
     path = Path(path)
     for r in rows:
         missing = set(columns) - set(r)
         extra = set(r) - set(columns)
         if missing or extra:
-            raise ValueError(f"row does not match the schema: missing {sorted(missing)}, "
-                             f"extra {sorted(extra)}")
+            raise ValueError(
+                f"row does not match the schema: missing {sorted(missing)}, extra {sorted(extra)}"
+            )
     check_writable(path.parent)
     with _locked(path):
         old = read_checked(path, columns)
@@ -229,8 +240,9 @@ def read_leaderboard(path: str | Path, columns: list[str] = LEADERBOARD_COLUMNS)
     return pd.read_csv(io.StringIO(text))
 
 
-def write_run_folder(runs_dir: str | Path, run_id: str, config: dict,
-                     tables: dict[str, pd.DataFrame]) -> Path:
+def write_run_folder(
+    runs_dir: str | Path, run_id: str, config: dict, tables: dict[str, pd.DataFrame]
+) -> Path:
     """Write ``runs/<run_id>/`` (config.json and one CSV per table) atomically."""
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,13 @@ def run_id_for(identity: dict, chash: str) -> str:
 
 
 def leaderboard_row(out: RunOutput, run_id: str, chash: str, version: str) -> dict:
-    row = {"timestamp": now_utc(), "run_id": run_id, **out.identity, "config_hash": chash,
-           "code_version": version}
+    row = {
+        "timestamp": now_utc(),
+        "run_id": run_id,
+        **out.identity,
+        "config_hash": chash,
+        "code_version": version,
+    }
     row.update({k: out.summary[k] for k in LEADERBOARD_COLUMNS if k in out.summary})
     return row
 
@@ -60,9 +65,12 @@ class Recorder:
         under a new id."""
         chash = config_hash(out.config)
         rid = run_id or run_id_for(out.identity, chash)
-        write_run_folder(self.runs_dir, rid, {**out.config, "config_hash": chash,
-                                              "summary": out.summary},
-                         {"steps": out.steps, "evals": out.evals, "allocation": out.allocation})
+        write_run_folder(
+            self.runs_dir,
+            rid,
+            {**out.config, "config_hash": chash, "summary": out.summary},
+            {"steps": out.steps, "evals": out.evals, "allocation": out.allocation},
+        )
         row = leaderboard_row(out, rid, chash, self.version)
         append_rows(leaderboard_path(self.results_dir, out.identity["mode"]), [row])
         return row
@@ -78,8 +86,12 @@ def _worker(cfg: SimConfig, index: int, q) -> tuple[int, RunOutput]:
     return index, run_simulation(cfg, progress)
 
 
-def execute(configs: list[SimConfig], workers: int, on_done: Callable[[RunOutput], None],
-            on_progress: Callable[[int], None] = lambda k: None) -> list[RunOutput]:
+def execute(
+    configs: list[SimConfig],
+    workers: int,
+    on_done: Callable[[RunOutput], None],
+    on_progress: Callable[[int], None] = lambda k: None,
+) -> list[RunOutput]:
     """Run every config (in-process when ``workers`` is 1) and call ``on_done`` as each run
     finishes, in completion order; returns the outputs in ``configs`` order."""
     outputs: list[RunOutput | None] = [None] * len(configs)
@@ -142,9 +154,9 @@ def parse_seeds(text: str) -> list[int]:
                 raise ValueError
             seeds = list(range(n))
     except ValueError:
-        raise ValueError(f"bad --seeds {text!r}: give a count (5), a list (3,7,11) or a range "
-                         f"(10-19)") from None
+        raise ValueError(
+            f"bad --seeds {text!r}: give a count (5), a list (3,7,11) or a range (10-19)"
+        ) from None
     if not seeds or min(seeds) < 0:
         raise ValueError(f"bad --seeds {text!r}: seeds must be non-negative and at least one")
     return list(dict.fromkeys(seeds))
-

@@ -53,54 +53,136 @@ def summary_table(rows: pd.DataFrame) -> list[Table]:
 
     for scenario, part in rows.groupby("scenario", sort=False):
         seeds = part.groupby("method")["seed"].nunique().max()
-        table = Table(title=f"{scenario}: ranked by final test accuracy (mean "
-                            f"[{CONFIDENCE:.0%} bootstrap interval] over {seeds} seeds)")
-        for col in ("#", "method", "final acc", "AUC acc", "rollouts to target", "eff. grad",
-                    "Mtokens", "solver ms"):
-            table.add_column(col, justify="left" if col == "method" else "right",
-                             overflow="fold")
-        ranked = (part.groupby("method", sort=False)["final_test_accuracy"].mean()
-                  .sort_values(ascending=False).index)
+        table = Table(
+            title=f"{scenario}: ranked by final test accuracy (mean "
+            f"[{CONFIDENCE:.0%} bootstrap interval] over {seeds} seeds)"
+        )
+        for col in (
+            "#",
+            "method",
+            "final acc",
+            "AUC acc",
+            "rollouts to target",
+            "eff. grad",
+            "Mtokens",
+            "solver ms",
+        ):
+            table.add_column(col, justify="left" if col == "method" else "right", overflow="fold")
+        ranked = (
+            part.groupby("method", sort=False)["final_test_accuracy"]
+            .mean()
+            .sort_values(ascending=False)
+            .index
+        )
         for rank, method in enumerate(ranked, 1):
             g = part[part.method == method]
             reached = int(g["rollouts_to_target"].notna().sum())
-            to_target = (f"{g['rollouts_to_target'].mean() / 1e3:,.0f}k ({reached}/{len(g)})"
-                         if reached else f"never (0/{len(g)})")
-            table.add_row(str(rank), method, ms(g.final_test_accuracy), ms(g.auc_test_accuracy),
-                          to_target, f"{g.mean_effective_grad_ratio.mean():.3f}",
-                          f"{g.tokens.mean() / 1e6:,.1f}",
-                          f"{1e3 * g.solver_seconds_per_step.mean():.2f}")
+            to_target = (
+                f"{g['rollouts_to_target'].mean() / 1e3:,.0f}k ({reached}/{len(g)})"
+                if reached
+                else f"never (0/{len(g)})"
+            )
+            table.add_row(
+                str(rank),
+                method,
+                ms(g.final_test_accuracy),
+                ms(g.auc_test_accuracy),
+                to_target,
+                f"{g.mean_effective_grad_ratio.mean():.3f}",
+                f"{g.tokens.mean() / 1e6:,.1f}",
+                f"{1e3 * g.solver_seconds_per_step.mean():.2f}",
+            )
         tables.append(table)
     return tables
 
 
 @click.command()
-@click.option("--scenario", default=DEFAULTS.scenario, show_default=True,
-              help="Scenario name (see --list-scenarios).")
-@click.option("--methods", default="all", show_default=True,
-              help="Comma-separated method specs, name[@preset][:option=value...]; 'all' = every "
-                   f"registered method. Registered: {', '.join(METHODS)}.")
-@click.option("--seeds", default="5", show_default=True,
-              help="A count (5 → seeds 0..4), a list (3,7,11) or a range (10-19).")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True,
-              help="Training steps per run.")
-@click.option("--budget", type=click.IntRange(min=1), default=DEFAULTS.budget, show_default=True,
-              help="Rollouts per step.")
-@click.option("--prompts-per-step", type=click.IntRange(min=1), default=DEFAULTS.prompts_per_step,
-              show_default=True, help="Prompts in each step's batch.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every,
-              show_default=True, help="Steps between test-accuracy evaluations.")
-@click.option("--frozen", is_flag=True,
-              help="Learning rate 0: a pure bandit, the policy never moves.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes to run on [default: number of CPUs, at most the number of runs].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
-              show_default=True, help="Folder of the leaderboard CSV.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
-              help="Folder for per-run details (config, per-step metrics, allocations).")
+@click.option(
+    "--scenario",
+    default=DEFAULTS.scenario,
+    show_default=True,
+    help="Scenario name (see --list-scenarios).",
+)
+@click.option(
+    "--methods",
+    default="all",
+    show_default=True,
+    help="Comma-separated method specs, name[@preset][:option=value...]; 'all' = every "
+    f"registered method. Registered: {', '.join(METHODS)}.",
+)
+@click.option(
+    "--seeds",
+    default="5",
+    show_default=True,
+    help="A count (5 → seeds 0..4), a list (3,7,11) or a range (10-19).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.steps,
+    show_default=True,
+    help="Training steps per run.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.budget,
+    show_default=True,
+    help="Rollouts per step.",
+)
+@click.option(
+    "--prompts-per-step",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.prompts_per_step,
+    show_default=True,
+    help="Prompts in each step's batch.",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.eval_every,
+    show_default=True,
+    help="Steps between test-accuracy evaluations.",
+)
+@click.option(
+    "--frozen", is_flag=True, help="Learning rate 0: a pure bandit, the policy never moves."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes to run on [default: number of CPUs, at most the number of runs].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results",
+    show_default=True,
+    help="Folder of the leaderboard CSV.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    help="Folder for per-run details (config, per-step metrics, allocations).",
+)
 @click.option("--list-scenarios", is_flag=True, help="Print the scenarios and exit.")
-def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_every, frozen,
-             workers, out_dir, runs_dir, list_scenarios):
+def simulate(
+    scenario,
+    methods,
+    seeds,
+    steps,
+    budget,
+    prompts_per_step,
+    eval_every,
+    frozen,
+    workers,
+    out_dir,
+    runs_dir,
+    list_scenarios,
+):
     """Run allocators on the learning simulator and rank them.
 
     Every method runs with every seed on the same scenario (the same seed gives every method the
@@ -122,14 +204,26 @@ def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_eve
         raise usage_error(str(exc)) from None
     sc = SCENARIOS[scenario]
     if prompts_per_step > sc.num_prompts:
-        raise usage_error(f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "
-                          f"{sc.num_prompts} prompts")
-    configs = [SimConfig(scenario=scenario, method=spec.label, seed=seed, steps=steps,
-                         budget=budget, prompts_per_step=prompts_per_step,
-                         eval_every=eval_every, frozen=frozen)
-               for spec in specs for seed in seed_list]
+        raise usage_error(
+            f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "
+            f"{sc.num_prompts} prompts"
+        )
+    configs = [
+        SimConfig(
+            scenario=scenario,
+            method=spec.label,
+            seed=seed,
+            steps=steps,
+            budget=budget,
+            prompts_per_step=prompts_per_step,
+            eval_every=eval_every,
+            frozen=frozen,
+        )
+        for spec in specs
+        for seed in seed_list
+    ]
     try:
-        for cfg in configs[::len(seed_list)]:
+        for cfg in configs[:: len(seed_list)]:
             check(cfg)
         check_outputs(out_dir, runs_dir, "simulate")
     except (SettingsError, ResultsError) as exc:
@@ -138,11 +232,19 @@ def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_eve
     recorder = Recorder(Path(out_dir), Path(runs_dir))
     rows = []
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]simulate[/] {task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(f"{len(configs)} runs on {n_workers} worker(s)",
-                            total=len(configs) * steps)
+    with Progress(
+        TextColumn("[bold]simulate[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(
+            f"{len(configs)} runs on {n_workers} worker(s)", total=len(configs) * steps
+        )
         runs_done = [0]
 
         def on_done(o):
@@ -153,5 +255,7 @@ def simulate(scenario, methods, seeds, steps, budget, prompts_per_step, eval_eve
         execute(configs, n_workers, on_done, lambda k: bar.advance(task, k))
     for table in summary_table(pd.DataFrame(rows)):
         console.print(table)
-    console.print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
-                  f"{leaderboard_path(out_dir, 'simulate')}, details in {runs_dir}/")
+    console.print(
+        f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
+        f"{leaderboard_path(out_dir, 'simulate')}, details in {runs_dir}/"
+    )

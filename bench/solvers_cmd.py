@@ -50,22 +50,22 @@ from bench.results import (
 
 # The leaderboard's columns, defined once.
 SOLVER_COLUMNS = [
-    "timestamp",            # UTC, when the command finished
-    "value_function",       # knapsack | coba
-    "rates",                # uniform | sixteenths
-    "prompts",              # M
-    "budget",               # B = M × per_prompt rollouts
+    "timestamp",  # UTC, when the command finished
+    "value_function",  # knapsack | coba
+    "rates",  # uniform | sixteenths
+    "prompts",  # M
+    "budget",  # B = M × per_prompt rollouts
     "per_prompt",
-    "cap",                  # max rollouts of one prompt
-    "solver",               # fast | greedy | dp_table | dp
-    "median_seconds",       # empty if skipped
+    "cap",  # max rollouts of one prompt
+    "solver",  # fast | greedy | dp_table | dp
+    "median_seconds",  # empty if skipped
     "repeats",
-    "speedup_vs_dp",        # dp's median / this one's (dp: values per cell, as the official code)
+    "speedup_vs_dp",  # dp's median / this one's (dp: values per cell, as the official code)
     "speedup_vs_dp_table",  # dp_table's median / this one's
-    "objective",            # Σ v_i(k_i) of the allocation
-    "gap_vs_dp",            # (DP optimum − objective) / DP optimum; empty without a DP
-    "gap_vs_greedy",        # (greedy objective − objective) / greedy objective
-    "skipped",              # true if not run
+    "objective",  # Σ v_i(k_i) of the allocation
+    "gap_vs_dp",  # (DP optimum − objective) / DP optimum; empty without a DP
+    "gap_vs_greedy",  # (greedy objective − objective) / greedy objective
+    "skipped",  # true if not run
     "note",
     "seed",
     "code_version",
@@ -74,11 +74,11 @@ LEADERBOARD = "solvers_leaderboard.csv"
 SOLVER_ORDER = ("fast", "greedy", "dp_table", "dp")
 VALUES = ("knapsack", "coba")
 RATES = ("uniform", "sixteenths")
-BASE = 2                     # every prompt's base (Knapsack min_n, CoBA n_low)
-OFFICIAL = (256, 8, 128)     # Knapsack RL's run: 256 prompts, budget 2,048, cap 128
-COBA_CLAIM = 928.0           # CoBA-RL: heap greedy "≈ 928× faster" than dynamic programming
-COBA_F = 0.413               # batch failure rate for CoBA's Beta parameters (docs/methods.md#coba)
-DP_MEMORY = 2 << 30          # bytes of the DP's choice table beyond which it is skipped
+BASE = 2  # every prompt's base (Knapsack min_n, CoBA n_low)
+OFFICIAL = (256, 8, 128)  # Knapsack RL's run: 256 prompts, budget 2,048, cap 128
+COBA_CLAIM = 928.0  # CoBA-RL: heap greedy "≈ 928× faster" than dynamic programming
+COBA_F = 0.413  # batch failure rate for CoBA's Beta parameters (docs/methods.md#coba)
+DP_MEMORY = 2 << 30  # bytes of the DP's choice table beyond which it is skipped
 
 
 def int_list(ctx, param, value: str) -> list[int]:
@@ -98,6 +98,7 @@ def name_list(choices):
         if bad or not out:
             raise click.BadParameter(f"{', '.join(bad) or value!r} not in: {', '.join(choices)}")
         return [c for c in choices if c in out]
+
     return parse
 
 
@@ -114,12 +115,12 @@ def make_problem(kind: str, prompts: int, cap: int, rates: str, seed: int) -> S.
     alpha = min(max(1.0 + (c.beta_params_sum - 2.0) * f, 1.0), c.beta_params_sum - 1.0)
     beta = c.beta_params_sum - alpha
     tau = Coba(c).tau(p)
-    return S.coba_problem(p, alpha, beta, tau, n_low=BASE, n_up=cap,
-                          smoothing=c.smoothing_factor)
+    return S.coba_problem(p, alpha, beta, tau, n_low=BASE, n_up=cap, smoothing=c.smoothing_factor)
 
 
-def timed(problem: S.Problem, budget: int, solver: str,
-          repeats: int) -> tuple[float, int, np.ndarray]:
+def timed(
+    problem: S.Problem, budget: int, solver: str, repeats: int
+) -> tuple[float, int, np.ndarray]:
     """Median seconds per call over ``repeats`` timings (one if a call takes over a second).
     Calls under 2 ms are timed in batches of ≥ 5 ms (after one untimed call), so that the clock
     and the call overhead of a single call do not dominate."""
@@ -144,7 +145,7 @@ class Estimator:
 
     def __init__(self, cap: int, seed: int):
         self.k = cap - BASE
-        for kind in VALUES:                        # compile every solver once
+        for kind in VALUES:  # compile every solver once
             pr = make_problem(kind, 8, cap, "uniform", seed)
             for s in SOLVER_ORDER:
                 S.solve(pr, 8, s)
@@ -188,30 +189,91 @@ def fmt_gap(x) -> str:
 
 
 @click.command()
-@click.option("--prompts", default="64,256,1024,4096,65536,1000000", show_default=True,
-              callback=int_list, help="Comma-separated prompt counts M.")
-@click.option("--per-prompt", default="4,8,16,64", show_default=True, callback=int_list,
-              help="Comma-separated rollouts per prompt (budget B = M × this).")
-@click.option("--cap", type=int, default=128, show_default=True,
-              help="Most rollouts one prompt may get (Knapsack max_n, CoBA n_up).")
-@click.option("--values", "values", default="knapsack,coba", show_default=True,
-              callback=name_list(VALUES), help="Value functions: knapsack, coba.")
-@click.option("--solvers", "solvers", default=",".join(SOLVER_ORDER), show_default=True,
-              callback=name_list(SOLVER_ORDER), help="Solvers to time.")
-@click.option("--rates", type=click.Choice(RATES), default="uniform", show_default=True,
-              help="Success rates: uniform on [0.02, 0.98], or multiples of 1/16 (ties).")
-@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
-              help="Timings per solver (median); one if a call exceeds a second.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=20.0,
-              show_default=True, help="Skip a solver whose estimated time per call exceeds this.")
+@click.option(
+    "--prompts",
+    default="64,256,1024,4096,65536,1000000",
+    show_default=True,
+    callback=int_list,
+    help="Comma-separated prompt counts M.",
+)
+@click.option(
+    "--per-prompt",
+    default="4,8,16,64",
+    show_default=True,
+    callback=int_list,
+    help="Comma-separated rollouts per prompt (budget B = M × this).",
+)
+@click.option(
+    "--cap",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Most rollouts one prompt may get (Knapsack max_n, CoBA n_up).",
+)
+@click.option(
+    "--values",
+    "values",
+    default="knapsack,coba",
+    show_default=True,
+    callback=name_list(VALUES),
+    help="Value functions: knapsack, coba.",
+)
+@click.option(
+    "--solvers",
+    "solvers",
+    default=",".join(SOLVER_ORDER),
+    show_default=True,
+    callback=name_list(SOLVER_ORDER),
+    help="Solvers to time.",
+)
+@click.option(
+    "--rates",
+    type=click.Choice(RATES),
+    default="uniform",
+    show_default=True,
+    help="Success rates: uniform on [0.02, 0.98], or multiples of 1/16 (ties).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Timings per solver (median); one if a call exceeds a second.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Skip a solver whose estimated time per call exceeds this.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", is_flag=True,
-              help="A small grid: 64 and 256 prompts, 8 per prompt, 3 repeats.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
-              show_default=True, help="Folder of the leaderboard CSV.")
+@click.option(
+    "--quick", is_flag=True, help="A small grid: 64 and 256 prompts, 8 per prompt, 3 repeats."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results",
+    show_default=True,
+    help="Folder of the leaderboard CSV.",
+)
 @click.option("--no-save", is_flag=True, help="Print the table only; write nothing.")
-def solvers(prompts, per_prompt, cap, values, solvers, rates, repeats, max_seconds, seed, quick,
-            out_dir, no_save):
+def solvers(
+    prompts,
+    per_prompt,
+    cap,
+    values,
+    solvers,
+    rates,
+    repeats,
+    max_seconds,
+    seed,
+    quick,
+    out_dir,
+    no_save,
+):
     """Time the allocation solvers (exact DP, heap greedy, fast threshold) on a grid of sizes.
 
     Prints median time, speed-up against the DP and objective gap to the DP per size, value
@@ -242,8 +304,13 @@ def solvers(prompts, per_prompt, cap, values, solvers, rates, repeats, max_secon
     sizes = [(m, b) for m in prompts for b in per_prompt]
     cells = [(kind, m, b) for kind in values for m, b in sizes]
     rows: list[dict] = []
-    with Progress(TextColumn("[bold]solvers[/] {task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("[bold]solvers[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("compiling and calibrating", total=len(cells) * len(solvers))
         est = Estimator(cap, seed)
         for kind, m, b in cells:
@@ -258,14 +325,21 @@ def solvers(prompts, per_prompt, cap, values, solvers, rates, repeats, max_secon
                 if s in ("dp", "dp_table") and est.dp_bytes(m, extra) > DP_MEMORY:
                     note = f"skipped: its table needs {est.dp_bytes(m, extra) / 2**30:,.0f} GiB"
                 elif guess > max_seconds:
-                    note = (f"skipped: ~{fmt_time(guess)} per call estimated "
-                            f"(> --max-seconds {max_seconds:g})")
+                    note = (
+                        f"skipped: ~{fmt_time(guess)} per call estimated "
+                        f"(> --max-seconds {max_seconds:g})"
+                    )
                 if note:
                     results[s] = {"skipped": True, "note": note}
                 else:
                     t, n, alloc = timed(problem, extra, s, repeats)
-                    results[s] = {"skipped": False, "seconds": t, "repeats": n,
-                                  "objective": S.objective(problem, alloc), "note": ""}
+                    results[s] = {
+                        "skipped": False,
+                        "seconds": t,
+                        "repeats": n,
+                        "objective": S.objective(problem, alloc),
+                        "note": "",
+                    }
                 bar.advance(task)
             rows.extend(cell_rows(kind, rates, m, budget, b, cap, seed, results))
     ts = now_utc()
@@ -292,9 +366,18 @@ def cell_rows(kind, rates, m, budget, b, cap, seed, results: dict) -> list[dict]
     out = []
     for s, r in results.items():
         row = {c: "" for c in SOLVER_COLUMNS}
-        row.update(value_function=kind, rates=rates, prompts=m, budget=budget, per_prompt=b,
-                   cap=cap, solver=s, skipped=str(r["skipped"]).lower(), note=r["note"],
-                   seed=seed)
+        row.update(
+            value_function=kind,
+            rates=rates,
+            prompts=m,
+            budget=budget,
+            per_prompt=b,
+            cap=cap,
+            solver=s,
+            skipped=str(r["skipped"]).lower(),
+            note=r["note"],
+            seed=seed,
+        )
         if not r["skipped"]:
             t = r["seconds"]
             row.update(median_seconds=t, repeats=r["repeats"], objective=r["objective"])
@@ -310,12 +393,24 @@ def cell_rows(kind, rates, m, budget, b, cap, seed, results: dict) -> list[dict]
 
 
 def results_table(rows: list[dict], rates: str, cap: int) -> Table:
-    table = Table(title=f"allocation solvers: rates {rates}, cap {cap}, base {BASE} per prompt "
-                        f"(median time per call)")
-    for col in ("value", "prompts", "budget", "solver", "median", "× vs DP", "× vs DP table",
-                "gap to DP", "note"):
-        table.add_column(col, justify="left" if col in ("value", "solver", "note") else "right",
-                         overflow="fold")
+    table = Table(
+        title=f"allocation solvers: rates {rates}, cap {cap}, base {BASE} per prompt "
+        f"(median time per call)"
+    )
+    for col in (
+        "value",
+        "prompts",
+        "budget",
+        "solver",
+        "median",
+        "× vs DP",
+        "× vs DP table",
+        "gap to DP",
+        "note",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("value", "solver", "note") else "right", overflow="fold"
+        )
     last = None
     for r in rows:
         key = (r["value_function"], r["prompts"], r["budget"])
@@ -323,37 +418,56 @@ def results_table(rows: list[dict], rates: str, cap: int) -> Table:
             table.add_section()
         last = key
         ran = r["skipped"] == "false"
-        table.add_row(r["value_function"], f"{r['prompts']:,}", f"{r['budget']:,}", r["solver"],
-                      fmt_time(r["median_seconds"]) if ran else "—",
-                      fmt_ratio(r["speedup_vs_dp"] or None),
-                      fmt_ratio(r["speedup_vs_dp_table"] or None),
-                      fmt_gap(r["gap_vs_dp"] if r["gap_vs_dp"] != "" else None), r["note"])
+        table.add_row(
+            r["value_function"],
+            f"{r['prompts']:,}",
+            f"{r['budget']:,}",
+            r["solver"],
+            fmt_time(r["median_seconds"]) if ran else "—",
+            fmt_ratio(r["speedup_vs_dp"] or None),
+            fmt_ratio(r["speedup_vs_dp_table"] or None),
+            fmt_gap(r["gap_vs_dp"] if r["gap_vs_dp"] != "" else None),
+            r["note"],
+        )
     return table
 
 
 def official_summary(rows: list[dict], rates: str) -> str:
     """How the speed-ups at Knapsack RL's official size compare with CoBA's ≈928×."""
     m, b, cap = OFFICIAL
-    cell = {r["solver"]: r for r in rows
-            if (r["value_function"], r["prompts"], r["per_prompt"], r["cap"]) ==
-            ("knapsack", m, b, cap) and r["skipped"] == "false"}
+    cell = {
+        r["solver"]: r
+        for r in rows
+        if (r["value_function"], r["prompts"], r["per_prompt"], r["cap"]) == ("knapsack", m, b, cap)
+        and r["skipped"] == "false"
+    }
     if not {"greedy", "fast"} <= set(cell) or not {"dp", "dp_table"} & set(cell):
-        return (f"CoBA-RL reports its heap greedy ≈{COBA_CLAIM:.0f}× faster than a DP (sizes not "
-                f"given). Include the official size (--prompts {m} --per-prompt {b} --cap {cap}, "
-                f"knapsack values, solvers greedy, fast and a DP) to compare.")
-    lines = [f"At Knapsack RL's official size ({m} prompts, budget {m * b:,}, cap {cap}; "
-             f"knapsack values, {rates} rates), against CoBA-RL's reported ≈{COBA_CLAIM:.0f}× "
-             f"(heap greedy vs a DP, sizes not given):"]
-    for ref, what in (("dp", "the DP as the official code computes it (values per cell)"),
-                      ("dp_table", "the DP with tabulated values")):
+        return (
+            f"CoBA-RL reports its heap greedy ≈{COBA_CLAIM:.0f}× faster than a DP (sizes not "
+            f"given). Include the official size (--prompts {m} --per-prompt {b} --cap {cap}, "
+            f"knapsack values, solvers greedy, fast and a DP) to compare."
+        )
+    lines = [
+        f"At Knapsack RL's official size ({m} prompts, budget {m * b:,}, cap {cap}; "
+        f"knapsack values, {rates} rates), against CoBA-RL's reported ≈{COBA_CLAIM:.0f}× "
+        f"(heap greedy vs a DP, sizes not given):"
+    ]
+    for ref, what in (
+        ("dp", "the DP as the official code computes it (values per cell)"),
+        ("dp_table", "the DP with tabulated values"),
+    ):
         if ref not in cell:
             continue
         g = cell["greedy"]["speedup_vs_" + ref]
         f = cell["fast"]["speedup_vs_" + ref]
-        lines.append(f"  vs {what} ({fmt_time(cell[ref]['median_seconds'])}): heap greedy "
-                     f"{g:,.0f}× ({g / COBA_CLAIM:.1f}× CoBA's figure), fast solver {f:,.0f}×")
+        lines.append(
+            f"  vs {what} ({fmt_time(cell[ref]['median_seconds'])}): heap greedy "
+            f"{g:,.0f}× ({g / COBA_CLAIM:.1f}× CoBA's figure), fast solver {f:,.0f}×"
+        )
     fg = cell["greedy"]["median_seconds"] / cell["fast"]["median_seconds"]
-    lines.append(f"  fast solver vs heap greedy: {fg:.1f}× "
-                 f"({fmt_time(cell['fast']['median_seconds'])} vs "
-                 f"{fmt_time(cell['greedy']['median_seconds'])})")
+    lines.append(
+        f"  fast solver vs heap greedy: {fg:.1f}× "
+        f"({fmt_time(cell['fast']['median_seconds'])} vs "
+        f"{fmt_time(cell['greedy']['median_seconds'])})"
+    )
     return "\n".join(lines)

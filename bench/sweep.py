@@ -55,9 +55,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # grid key -> SimConfig field; every key takes a value or a list
-AXES = {"methods": "method", "scenarios": "scenario", "budgets": "budget", "seeds": "seed",
-        "steps": "steps", "prompts_per_step": "prompts_per_step", "eval_every": "eval_every",
-        "frozen": "frozen"}
+AXES = {
+    "methods": "method",
+    "scenarios": "scenario",
+    "budgets": "budget",
+    "seeds": "seed",
+    "steps": "steps",
+    "prompts_per_step": "prompts_per_step",
+    "eval_every": "eval_every",
+    "frozen": "frozen",
+}
 ALIASES = {"method": "methods", "scenario": "scenarios", "budget": "budgets", "seed": "seeds"}
 META = {"name", "description"}
 BACKENDS = ("process", "ray")
@@ -76,8 +83,8 @@ class Run:
 
 @dataclass
 class Plan:
-    runs: list[Run]                                  # unique runs, in grid order
-    duplicates: int = 0                              # listed by more than one experiment
+    runs: list[Run]  # unique runs, in grid order
+    duplicates: int = 0  # listed by more than one experiment
     experiments: dict[str, int] = field(default_factory=dict)  # name -> runs listed
 
 
@@ -93,7 +100,7 @@ def _method_spec(item, where: str) -> str:
         text = item
     elif isinstance(item, dict):
         if "name" not in item:
-            raise GridError(f"{where}: a method table needs name = \"...\" (got {item})")
+            raise GridError(f'{where}: a method table needs name = "..." (got {item})')
         opts = {k: v for k, v in item.items() if k not in ("name", "preset")}
         text = str(item["name"]) + (f"@{item['preset']}" if item.get("preset") else "")
         for k, v in opts.items():
@@ -129,8 +136,9 @@ def _axis(key: str, raw, where: str) -> list:
     if key == "scenarios":
         for v in values:
             if v not in SCENARIOS:
-                raise GridError(f"{where}: unknown scenario {v!r} (scenarios: "
-                                f"{', '.join(SCENARIOS)})")
+                raise GridError(
+                    f"{where}: unknown scenario {v!r} (scenarios: {', '.join(SCENARIOS)})"
+                )
         return values
     if key == "frozen":
         if not all(isinstance(v, bool) for v in values):
@@ -142,8 +150,10 @@ def _axis(key: str, raw, where: str) -> list:
 def _check(cfg: SimConfig, where: str) -> None:
     sc = SCENARIOS[cfg.scenario]
     if cfg.prompts_per_step > sc.num_prompts:
-        raise GridError(f"{where}: prompts_per_step {cfg.prompts_per_step} exceeds scenario "
-                        f"{cfg.scenario}'s pool of {sc.num_prompts} prompts")
+        raise GridError(
+            f"{where}: prompts_per_step {cfg.prompts_per_step} exceeds scenario "
+            f"{cfg.scenario}'s pool of {sc.num_prompts} prompts"
+        )
     try:
         check(cfg)
     except SettingsError as exc:
@@ -166,8 +176,9 @@ def expand(grid: dict, source: str = "grid") -> Plan:
     """The unique runs of a parsed grid (``GridError`` on anything it cannot use)."""
     unknown = set(grid) - {"sweep", "experiment"}
     if unknown:
-        raise GridError(f"{source}: unknown table {sorted(unknown)[0]!r} (tables: [sweep], "
-                        f"[[experiment]])")
+        raise GridError(
+            f"{source}: unknown table {sorted(unknown)[0]!r} (tables: [sweep], [[experiment]])"
+        )
     base_raw = grid.get("sweep", {})
     if not isinstance(base_raw, dict):
         raise GridError(f"{source}: [sweep] must be a table")
@@ -185,7 +196,7 @@ def expand(grid: dict, source: str = "grid") -> Plan:
         where = f"{source} [[experiment]] {name!r}" if "experiment" in grid else f"{source}"
         axes = {**base, **_normalise(exp, where)}
         if "methods" not in axes:
-            raise GridError(f"{where}: no methods (methods = [\"uniform\", ...])")
+            raise GridError(f'{where}: no methods (methods = ["uniform", ...])')
         keys = list(AXES)
         values = [axes.get(key, [getattr(defaults, AXES[key])]) for key in keys]
         listed = 0
@@ -234,8 +245,13 @@ def pending(plan: Plan, results_dir: str | Path) -> tuple[list[Run], int]:
 # Backends
 # ---------------------------------------------------------------------------------------------
 
-def run_process(configs: list[SimConfig], workers: int, on_done: Callable[[RunOutput], None],
-                on_progress: Callable[[int], None]) -> None:
+
+def run_process(
+    configs: list[SimConfig],
+    workers: int,
+    on_done: Callable[[RunOutput], None],
+    on_progress: Callable[[int], None],
+) -> None:
     execute(configs, workers, on_done, on_progress)
 
 
@@ -247,14 +263,19 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise RayMissing("--backend ray needs Ray: pip install 'rollout-bench[ray]' "
-                         "(or pip install ray)") from None
+        raise RayMissing(
+            "--backend ray needs Ray: pip install 'rollout-bench[ray]' (or pip install ray)"
+        ) from None
     return ray
 
 
-def run_ray(configs: list[SimConfig], on_done: Callable[[RunOutput], None],
-            on_progress: Callable[[int], None], address: str | None = None,
-            num_cpus: int = 2) -> None:
+def run_ray(
+    configs: list[SimConfig],
+    on_done: Callable[[RunOutput], None],
+    on_progress: Callable[[int], None],
+    address: str | None = None,
+    num_cpus: int = 2,
+) -> None:
     """Run every config as one Ray task (1 CPU each) and record them as they finish.
 
     Without ``address`` a local Ray instance is started with ``num_cpus`` CPUs and no dashboard,
@@ -264,8 +285,7 @@ def run_ray(configs: list[SimConfig], on_done: Callable[[RunOutput], None],
     ray = require_ray()
     started = False
     if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, log_to_driver=False,
-                      configure_logging=False)
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -290,10 +310,16 @@ def run_ray(configs: list[SimConfig], on_done: Callable[[RunOutput], None],
             ray.shutdown()
 
 
-def run_sweep(runs: list[Run], recorder: Recorder, backend: str = "process", workers: int = 1,
-              address: str | None = None, ray_cpus: int = 2,
-              on_row: Callable[[dict], None] = lambda row: None,
-              on_progress: Callable[[int], None] = lambda k: None) -> list[dict]:
+def run_sweep(
+    runs: list[Run],
+    recorder: Recorder,
+    backend: str = "process",
+    workers: int = 1,
+    address: str | None = None,
+    ray_cpus: int = 2,
+    on_row: Callable[[dict], None] = lambda row: None,
+    on_progress: Callable[[int], None] = lambda k: None,
+) -> list[dict]:
     """Execute ``runs`` and record each as it finishes; returns the rows written."""
     rows: list[dict] = []
 

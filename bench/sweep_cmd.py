@@ -26,20 +26,47 @@ from bench.sweep import BACKENDS, GridError, RayMissing, load_grid, pending, req
 
 @click.command()
 @click.argument("grid", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(BACKENDS), default="process", show_default=True,
-              help="process: a local process pool; ray: a Ray cluster (pip install ray).")
-@click.option("--address", default=None,
-              help="Ray cluster to join (auto, host:6379 or ray://host:10001) [default: start "
-                   "a local Ray instance].")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes of the process backend [default: number of CPUs, at most the "
-                   "number of runs], or CPUs of a local Ray instance [default: 2].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
-              show_default=True, help="Folder of the leaderboard CSV (simulate_leaderboard.csv).")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
-              help="Folder for per-run details.")
-@click.option("--max-runs", type=click.IntRange(min=1), default=None,
-              help="Run at most this many of the pending runs now (resume later).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="process",
+    show_default=True,
+    help="process: a local process pool; ray: a Ray cluster (pip install ray).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (auto, host:6379 or ray://host:10001) [default: start "
+    "a local Ray instance].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes of the process backend [default: number of CPUs, at most the "
+    "number of runs], or CPUs of a local Ray instance [default: 2].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results",
+    show_default=True,
+    help="Folder of the leaderboard CSV (simulate_leaderboard.csv).",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    help="Folder for per-run details.",
+)
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run at most this many of the pending runs now (resume later).",
+)
 @click.option("--dry-run", is_flag=True, help="List the runs to do and exit.")
 def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run):
     """Run every config of GRID (a TOML grid, see bench/grids/) that has no leaderboard row yet.
@@ -75,20 +102,38 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
         deferred = len(todo) - max_runs
         todo = todo[:max_runs]
 
-    summary = (f"{len(plan.runs)} runs in the grid ({', '.join(f'{k}: {v}' for k, v in plan.experiments.items())}"
-               f"{f'; {plan.duplicates} listed twice' if plan.duplicates else ''}); "
-               f"{skipped} already in {leaderboard_path(out_dir, 'simulate')}; "
-               f"{len(todo)} to run now" + (f", {deferred} left for later" if deferred else ""))
+    summary = (
+        f"{len(plan.runs)} runs in the grid ({', '.join(f'{k}: {v}' for k, v in plan.experiments.items())}"
+        f"{f'; {plan.duplicates} listed twice' if plan.duplicates else ''}); "
+        f"{skipped} already in {leaderboard_path(out_dir, 'simulate')}; "
+        f"{len(todo)} to run now" + (f", {deferred} left for later" if deferred else "")
+    )
     console.print(summary)
     if dry_run:
         table = Table(title="runs to do")
-        for col in ("experiment", "scenario", "method", "budget", "prompts", "steps", "seed",
-                    "config hash"):
+        for col in (
+            "experiment",
+            "scenario",
+            "method",
+            "budget",
+            "prompts",
+            "steps",
+            "seed",
+            "config hash",
+        ):
             table.add_column(col)
         for r in todo:
             c = r.config
-            table.add_row(r.experiment, c.scenario, c.method, str(c.budget),
-                          str(c.prompts_per_step), str(c.steps), str(c.seed), r.config_hash)
+            table.add_row(
+                r.experiment,
+                c.scenario,
+                c.method,
+                str(c.budget),
+                str(c.prompts_per_step),
+                str(c.steps),
+                str(c.seed),
+                r.config_hash,
+            )
         console.print(table)
         return
     if not todo:
@@ -99,12 +144,22 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
     ray_cpus = workers or 2  # a local Ray instance stays small unless asked for more
     recorder = Recorder(Path(out_dir), Path(runs_dir))
     t0 = time.perf_counter()
-    where = (f"Ray cluster {address}" if address else f"local Ray, {ray_cpus} CPUs") \
-        if backend == "ray" else f"{n_workers} worker(s)"
+    where = (
+        (f"Ray cluster {address}" if address else f"local Ray, {ray_cpus} CPUs")
+        if backend == "ray"
+        else f"{n_workers} worker(s)"
+    )
     total_steps = sum(r.config.steps for r in todo)
-    with Progress(TextColumn("[bold]sweep[/] {task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]sweep[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"0/{len(todo)} runs on {where}", total=total_steps)
         count = [0]
 
@@ -112,8 +167,18 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
             count[0] += 1
             bar.update(task, description=f"{count[0]}/{len(todo)} runs on {where}")
 
-        rows = run_sweep(todo, recorder, backend, n_workers, address, ray_cpus, on_row,
-                         lambda k: bar.advance(task, k))
-    console.print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
-                  f"{leaderboard_path(out_dir, 'simulate')}; rank them with "
-                  f"`bench report --results {out_dir}`")
+        rows = run_sweep(
+            todo,
+            recorder,
+            backend,
+            n_workers,
+            address,
+            ray_cpus,
+            on_row,
+            lambda k: bar.advance(task, k),
+        )
+    console.print(
+        f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "
+        f"{leaderboard_path(out_dir, 'simulate')}; rank them with "
+        f"`bench report --results {out_dir}`"
+    )

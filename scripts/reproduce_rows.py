@@ -19,19 +19,34 @@ from concurrent.futures import ProcessPoolExecutor
 import click
 import pandas as pd
 
-METRICS = ["initial_test_accuracy", "final_test_accuracy", "auc_test_accuracy",
-           "target_accuracy", "rollouts_to_target", "rollouts", "tokens", "train_samples",
-           "final_train_reward", "mean_effective_grad_ratio", "mean_effective_prompt_ratio"]
+METRICS = [
+    "initial_test_accuracy",
+    "final_test_accuracy",
+    "auc_test_accuracy",
+    "target_accuracy",
+    "rollouts_to_target",
+    "rollouts",
+    "tokens",
+    "train_samples",
+    "final_train_reward",
+    "mean_effective_grad_ratio",
+    "mean_effective_prompt_ratio",
+]
 
 
 def _rerun(row: dict) -> dict:
     from simulator.run import SimConfig, run_simulation
 
-    cfg = SimConfig(scenario=row["scenario"], method=row["method"], seed=int(row["seed"]),
-                    steps=int(row["steps"]), budget=int(row["budget"]),
-                    prompts_per_step=int(row["prompts_per_step"]),
-                    eval_every=int(row["eval_every"]),
-                    frozen=str(row["frozen"]).lower() == "true")
+    cfg = SimConfig(
+        scenario=row["scenario"],
+        method=row["method"],
+        seed=int(row["seed"]),
+        steps=int(row["steps"]),
+        budget=int(row["budget"]),
+        prompts_per_step=int(row["prompts_per_step"]),
+        eval_every=int(row["eval_every"]),
+        frozen=str(row["frozen"]).lower() == "true",
+    )
     return run_simulation(cfg).summary
 
 
@@ -52,8 +67,11 @@ def main(leaderboards, workers):
     bad = 0
     with ProcessPoolExecutor(workers) as pool:
         for row, summary in zip(rows, pool.map(_rerun, rows)):
-            diffs = [f"{k}: {_written(row[k])} -> {_written(summary[k])}" for k in METRICS
-                     if _written(row[k]) != _written(summary[k])]
+            diffs = [
+                f"{k}: {_written(row[k])} -> {_written(summary[k])}"
+                for k in METRICS
+                if _written(row[k]) != _written(summary[k])
+            ]
             if diffs:
                 bad += 1
                 print(f"{row['run_id']}: " + "; ".join(diffs))

@@ -22,8 +22,15 @@ from simulator.run import SimConfig, run_simulation
 
 
 def measure(method: str, scenario: str, steps: int, prompts: int, n: int, repeats: int) -> dict:
-    base = SimConfig(scenario=scenario, method=method, seed=0, steps=steps, budget=prompts * n,
-                     prompts_per_step=prompts, eval_every=50)
+    base = SimConfig(
+        scenario=scenario,
+        method=method,
+        seed=0,
+        steps=steps,
+        budget=prompts * n,
+        prompts_per_step=prompts,
+        eval_every=50,
+    )
     run_simulation(SimConfig(**{**base.__dict__, "steps": 5}))  # compile
     best = None
     for r in range(repeats):
@@ -33,8 +40,12 @@ def measure(method: str, scenario: str, steps: int, prompts: int, n: int, repeat
         if best is None or wall < best[0]:
             best = (wall, out.summary["rollouts"])
     wall, rollouts = best
-    return {"method": method, "rollouts_per_s": rollouts / wall, "us_per_step": 1e6 * wall / steps,
-            "rollouts_per_step": rollouts / steps}
+    return {
+        "method": method,
+        "rollouts_per_s": rollouts / wall,
+        "us_per_step": 1e6 * wall / steps,
+        "rollouts_per_step": rollouts / steps,
+    }
 
 
 @click.command()
@@ -42,8 +53,13 @@ def measure(method: str, scenario: str, steps: int, prompts: int, n: int, repeat
 @click.option("--scenario", default="dapo-math", show_default=True)
 @click.option("--steps", type=click.IntRange(min=10), default=2000, show_default=True)
 @click.option("--prompts", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--n", type=click.IntRange(min=2), default=8, show_default=True,
-              help="Rollouts per prompt (budget = prompts × n).")
+@click.option(
+    "--n",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="Rollouts per prompt (budget = prompts × n).",
+)
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 def main(methods, scenario, steps, prompts, n, repeats):
     """Print simulated rollouts per second per method."""
@@ -51,14 +67,20 @@ def main(methods, scenario, steps, prompts, n, repeats):
         specs = parse_specs(methods)
     except SpecError as exc:
         raise usage_error(str(exc)) from None
-    table = Table(title=f"simulator throughput: {scenario}, {prompts} prompts x {n}, "
-                        f"{steps} steps, best of {repeats}")
+    table = Table(
+        title=f"simulator throughput: {scenario}, {prompts} prompts x {n}, "
+        f"{steps} steps, best of {repeats}"
+    )
     for col in ("method", "rollouts/s", "µs/step", "rollouts/step"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for spec in specs:
         m = measure(spec.label, scenario, steps, prompts, n, repeats)
-        table.add_row(m["method"], f"{m['rollouts_per_s'] / 1e6:.2f} M", f"{m['us_per_step']:.0f}",
-                      f"{m['rollouts_per_step']:.0f}")
+        table.add_row(
+            m["method"],
+            f"{m['rollouts_per_s'] / 1e6:.2f} M",
+            f"{m['us_per_step']:.0f}",
+            f"{m['rollouts_per_step']:.0f}",
+        )
     Console(width=120).print(table)
 
 

@@ -61,24 +61,34 @@ def main(model, prompts, n, max_new_tokens, repeats, threads):
         x = torch.full((len(batch), width), tok.pad_token_id)
         a = torch.zeros((len(batch), width), dtype=torch.long)
         for i, p in enumerate(batch):
-            x[i, width - len(p):] = torch.tensor(p)
-            a[i, width - len(p):] = 1
+            x[i, width - len(p) :] = torch.tensor(p)
+            a[i, width - len(p) :] = 1
         with torch.no_grad():
-            out = fp32.generate(input_ids=x, attention_mask=a, do_sample=True, temperature=0.7,
-                                top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-                                num_return_sequences=n, pad_token_id=tok.pad_token_id)
+            out = fp32.generate(
+                input_ids=x,
+                attention_mask=a,
+                do_sample=True,
+                temperature=0.7,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=tok.pad_token_id,
+            )
         return count(out[:, width:].tolist())
 
     ways = {
-        f"backend ({'bf16' if dtype == torch.bfloat16 else 'fp32'}, one batched call)":
-            lambda k: count(backend.generate(ids, [n] * len(ids), params, k)),
+        f"backend ({'bf16' if dtype == torch.bfloat16 else 'fp32'}, one batched call)": lambda k: (
+            count(backend.generate(ids, [n] * len(ids), params, k))
+        ),
         "plain model.generate (fp32, all prompts, num_return_sequences)": lambda k: plain(ids),
-        "plain model.generate (fp32, one call per prompt)":
-            lambda k: sum(plain([p]) for p in ids),
+        "plain model.generate (fp32, one call per prompt)": lambda k: sum(plain([p]) for p in ids),
     }
-    backend.generate(ids[:1], [2], params, 0)          # warm-up (first-call kernel set-up)
-    print(f"{prompts} prompts x {n} samples, max {max_new_tokens} new tokens, T=0.7, "
-          f"{torch.get_num_threads()} threads, best of {repeats}")
+    backend.generate(ids[:1], [2], params, 0)  # warm-up (first-call kernel set-up)
+    print(
+        f"{prompts} prompts x {n} samples, max {max_new_tokens} new tokens, T=0.7, "
+        f"{torch.get_num_threads()} threads, best of {repeats}"
+    )
     for name, fn in ways.items():
         best = 0.0
         for k in range(repeats):

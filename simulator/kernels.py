@@ -45,8 +45,22 @@ def success_rates(ids, X, theta, u, b):
 
 
 @njit(cache=True)
-def draw(rng, ids, counts, X, theta, u, b, log_len, wrong_log_shift, len_sigma, max_tokens,
-         answer_correct, n_wrong_answers, wrong_answer_conc):
+def draw(
+    rng,
+    ids,
+    counts,
+    X,
+    theta,
+    u,
+    b,
+    log_len,
+    wrong_log_shift,
+    len_sigma,
+    max_tokens,
+    answer_correct,
+    n_wrong_answers,
+    wrong_answer_conc,
+):
     """Rewards, lengths and extracted answers of ``counts[a]`` samples of each prompt ``ids[a]``.
 
     Answers: 0 is the correct answer; a wrong sample's answer is one of ``n_wrong_answers``
@@ -93,9 +107,33 @@ def draw(rng, ids, counts, X, theta, u, b, log_len, wrong_log_shift, len_sigma, 
 
 
 @njit(cache=True)
-def learn(prompt_ids, group, rewards, lengths, train_index, adv, weight, generated,
-          X, theta, u, b, agg, ref_len, lr, lr_u, opt, m, v, t, beta1, beta2, adam_eps,
-          hist_prompts, hist_rollouts):
+def learn(
+    prompt_ids,
+    group,
+    rewards,
+    lengths,
+    train_index,
+    adv,
+    weight,
+    generated,
+    X,
+    theta,
+    u,
+    b,
+    agg,
+    ref_len,
+    lr,
+    lr_u,
+    opt,
+    m,
+    v,
+    t,
+    beta1,
+    beta2,
+    adam_eps,
+    hist_prompts,
+    hist_rollouts,
+):
     """One policy-gradient ascent step; returns the gradient norm.
 
     Loss aggregation ``agg``: 0 token-mean (Σ w·A·s / (Σ L / ref_len)), 1 seq-mean
@@ -149,8 +187,8 @@ def learn(prompt_ids, group, rewards, lengths, train_index, adv, weight, generat
         for k in range(d):
             theta[k] += lr * grad[k]
     else:
-        c1 = 1.0 - beta1 ** t
-        c2 = 1.0 - beta2 ** t
+        c1 = 1.0 - beta1**t
+        c2 = 1.0 - beta2**t
         for k in range(d):
             m[k] = beta1 * m[k] + (1.0 - beta1) * grad[k]
             v[k] = beta2 * v[k] + (1.0 - beta2) * grad[k] * grad[k]
@@ -191,8 +229,8 @@ def sample_log_probs(ids, counts, rewards, X, theta, u, b):
     out = np.empty(rewards.shape[0])
     j = 0
     for a in range(ids.shape[0]):
-        lp1 = _log_sigmoid(z[a])       # log p
-        lp0 = _log_sigmoid(-z[a])      # log (1 − p)
+        lp1 = _log_sigmoid(z[a])  # log p
+        lp0 = _log_sigmoid(-z[a])  # log (1 − p)
         for _ in range(counts[a]):
             out[j] = lp1 if rewards[j] > 0.5 else lp0
             j += 1

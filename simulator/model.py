@@ -37,8 +37,9 @@ class LearningModel:
 
     def success_rates(self, ids: np.ndarray) -> np.ndarray:
         """True current success rates of training prompts ``ids``."""
-        return kernels.success_rates(np.asarray(ids, np.int64), self.w.X, self.theta, self.u,
-                                     self.w.b)
+        return kernels.success_rates(
+            np.asarray(ids, np.int64), self.w.X, self.theta, self.u, self.w.b
+        )
 
     def test_accuracy(self) -> float:
         return kernels.mean_success(self.w.X_test, self.theta, self.w.b_test)
@@ -56,11 +57,33 @@ class LearningModel:
         self.t += 1
         s = r.samples
         tb = r.train
-        return kernels.learn(r.prompt_ids, s.group, s.rewards, s.lengths, tb.index,
-                             tb.advantages, tb.weights, r.counts.generated,
-                             self.w.X, self.theta, self.u, self.w.b, self.agg, self.ref_len,
-                             self.lr, self.lr_u, self.opt, self.m, self.v, self.t, 0.9, 0.999,
-                             1e-8, self.hist_prompts, self.hist_rollouts)
+        return kernels.learn(
+            r.prompt_ids,
+            s.group,
+            s.rewards,
+            s.lengths,
+            tb.index,
+            tb.advantages,
+            tb.weights,
+            r.counts.generated,
+            self.w.X,
+            self.theta,
+            self.u,
+            self.w.b,
+            self.agg,
+            self.ref_len,
+            self.lr,
+            self.lr_u,
+            self.opt,
+            self.m,
+            self.v,
+            self.t,
+            0.9,
+            0.999,
+            1e-8,
+            self.hist_prompts,
+            self.hist_rollouts,
+        )
 
     def take_histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """Allocation histogram since the last call: (prompts, rollouts) per true-rate decile."""
@@ -92,9 +115,21 @@ class SimulatedSource:
         prompt_ids = np.asarray(prompt_ids, np.int64)
         counts = np.asarray(counts, np.int64)
         _, rew, length, ans = kernels.draw(
-            self.rng, prompt_ids, counts, m.w.X, m.theta, m.u, m.w.b, m.w.log_len,
-            self._wrong_shift, s.sample_length_sigma, s.max_tokens, True, s.n_wrong_answers,
-            s.wrong_answer_conc)
+            self.rng,
+            prompt_ids,
+            counts,
+            m.w.X,
+            m.theta,
+            m.u,
+            m.w.b,
+            m.w.log_len,
+            self._wrong_shift,
+            s.sample_length_sigma,
+            s.max_tokens,
+            True,
+            s.n_wrong_answers,
+            s.wrong_answer_conc,
+        )
         return Samples.from_request(prompt_ids, counts, rew, length, answers=ans)
 
     def true_success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
@@ -134,8 +169,21 @@ class SimulatedSource:
         X, u, b = self._split("validation")
         log_len = np.full(X.shape[0], math.log(s.median_tokens))
         _, rew, length, _ = kernels.draw(
-            self.rng, prompt_ids, counts, X, m.theta, u, b, log_len, self._wrong_shift,
-            s.sample_length_sigma, s.max_tokens, False, 0, 1.0)
+            self.rng,
+            prompt_ids,
+            counts,
+            X,
+            m.theta,
+            u,
+            b,
+            log_len,
+            self._wrong_shift,
+            s.sample_length_sigma,
+            s.max_tokens,
+            False,
+            0,
+            1.0,
+        )
         return Samples.from_request(prompt_ids, counts, rew, length)
 
     def log_probs(self, samples: Samples, counts: np.ndarray, split: str = "train") -> np.ndarray:
@@ -144,19 +192,34 @@ class SimulatedSource:
         counts = np.asarray(counts, np.int64)
         X, u, b = self._split(split)
         ids = self._group_ids(samples, counts)
-        return kernels.sample_log_probs(ids, counts, np.asarray(samples.rewards, np.float64),
-                                        X, self.model.theta, u, b)
+        return kernels.sample_log_probs(
+            ids, counts, np.asarray(samples.rewards, np.float64), X, self.model.theta, u, b
+        )
 
-    def prompt_gradients(self, samples: Samples, counts: np.ndarray, behaviour: np.ndarray,
-                         split: str = "train", adv_eps: float = 1e-4) -> np.ndarray:
+    def prompt_gradients(
+        self,
+        samples: Samples,
+        counts: np.ndarray,
+        behaviour: np.ndarray,
+        split: str = "train",
+        adv_eps: float = 1e-4,
+    ) -> np.ndarray:
         """Per-prompt gradient of the off-policy GRPO loss at the current θ, one row per prompt
         (``kernels.offpolicy_grpo_gradients``): importance ratio π_θ(r)/π_β(r), unclipped."""
         counts = np.asarray(counts, np.int64)
         X, u, b = self._split(split)
         ids = self._group_ids(samples, counts)
         return kernels.offpolicy_grpo_gradients(
-            ids, counts, np.asarray(samples.rewards, np.float64),
-            np.asarray(behaviour, np.float64), X, self.model.theta, u, b, float(adv_eps))
+            ids,
+            counts,
+            np.asarray(samples.rewards, np.float64),
+            np.asarray(behaviour, np.float64),
+            X,
+            self.model.theta,
+            u,
+            b,
+            float(adv_eps),
+        )
 
     @staticmethod
     def _group_ids(samples: Samples, counts: np.ndarray) -> np.ndarray:

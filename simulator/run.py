@@ -25,7 +25,7 @@ class SimConfig:
     method: str = "uniform"
     seed: int = 0
     steps: int = 500
-    budget: int = 2048            # rollouts per step
+    budget: int = 2048  # rollouts per step
     prompts_per_step: int = 256
     eval_every: int = 10
     frozen: bool = False
@@ -41,25 +41,38 @@ def _scenario(cfg: SimConfig) -> Scenario:
 
 def resolve(cfg: SimConfig) -> dict:
     spec = cfg.spec()
-    return {"mode": "simulate", **asdict(cfg), "method": spec.label,
-            "method_name": spec.name, "method_config": asdict(spec.build().config),
-            "scenario_config": _scenario(cfg).resolved()}
+    return {
+        "mode": "simulate",
+        **asdict(cfg),
+        "method": spec.label,
+        "method_name": spec.name,
+        "method_config": asdict(spec.build().config),
+        "scenario_config": _scenario(cfg).resolved(),
+    }
 
 
 def identity(cfg: SimConfig) -> dict:
     """The run's leaderboard identity columns."""
     spec = cfg.spec()
-    return {"mode": "simulate", "scenario": cfg.scenario, "model": "simulator",
-            "method": spec.label, "method_name": spec.name, "seed": cfg.seed,
-            "budget": cfg.budget, "prompts_per_step": cfg.prompts_per_step, "steps": cfg.steps,
-            "eval_every": cfg.eval_every, "frozen": cfg.frozen}
+    return {
+        "mode": "simulate",
+        "scenario": cfg.scenario,
+        "model": "simulator",
+        "method": spec.label,
+        "method_name": spec.name,
+        "seed": cfg.seed,
+        "budget": cfg.budget,
+        "prompts_per_step": cfg.prompts_per_step,
+        "steps": cfg.steps,
+        "eval_every": cfg.eval_every,
+        "frozen": cfg.frozen,
+    }
 
 
 def check(cfg: SimConfig) -> None:
     """Refuse settings the run cannot use (``SettingsError``/``SpecError``, one line each)."""
     spec = cfg.spec()
-    validate(spec.build(), spec.label, cfg.budget, cfg.prompts_per_step,
-             SimulatedSource.provides)
+    validate(spec.build(), spec.label, cfg.budget, cfg.prompts_per_step, SimulatedSource.provides)
 
 
 def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None) -> RunOutput:
@@ -72,8 +85,9 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
     stream = PromptStream(scenario.num_prompts, np.random.default_rng([cfg.seed, 2]))
     allocator = cfg.spec().build()
     allocator.reset(scenario.num_prompts, np.random.default_rng([cfg.seed, 3]))
-    schedule = Schedule(cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every,
-                        scenario.target_accuracy)
+    schedule = Schedule(
+        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, scenario.target_accuracy
+    )
 
     def on_step(done: int, row: dict) -> None:
         if progress is not None and done and "test_accuracy" in row:
@@ -81,5 +95,6 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
 
     prog, _ = run(allocator, source, model, stream, schedule, on_step=on_step)
     steps, evals, allocation = tables(prog)
-    return RunOutput(resolve(cfg), identity(cfg), summarize(prog, schedule), steps, evals,
-                     allocation)
+    return RunOutput(
+        resolve(cfg), identity(cfg), summarize(prog, schedule), steps, evals, allocation
+    )

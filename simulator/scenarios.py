@@ -72,7 +72,7 @@ class Scenario:
     # given they replace ``pass_rate_mixture`` (see the module docstring)
     domains: tuple[tuple[str, float, float, tuple[tuple[float, float, float], ...]], ...] = ()
     domain_strength: float = 0.0
-    validation_sets: tuple[str, ...] = ()   # domain names whose test prompts are validation sets
+    validation_sets: tuple[str, ...] = ()  # domain names whose test prompts are validation sets
 
     def resolved(self) -> dict:
         d = asdict(self)
@@ -140,7 +140,7 @@ def _domain_split(rng: np.random.Generator, s: Scenario, sizes: np.ndarray, dirs
     dom = np.repeat(np.arange(sizes.size), sizes)
     p0 = np.empty(n)
     X = np.empty((n, d))
-    rest = math.sqrt(max(0.0, 1.0 - s.transfer ** 2 - s.domain_strength ** 2))
+    rest = math.sqrt(max(0.0, 1.0 - s.transfer**2 - s.domain_strength**2))
     start = 0
     for k, (_, _, _, mixture) in enumerate(s.domains):
         stop = start + int(sizes[k])
@@ -161,16 +161,22 @@ def _build_domain_world(s: Scenario, seed: int) -> World:
     if unknown:
         raise ValueError(f"scenario {s.name}: validation sets {unknown} are not domains {names}")
     dirs = rng.standard_normal((len(names), s.dim))
-    p0, X, dom = _domain_split(rng, s, _domain_sizes([dm[1] for dm in s.domains],
-                                                       s.num_prompts), dirs)
+    p0, X, dom = _domain_split(
+        rng, s, _domain_sizes([dm[1] for dm in s.domains], s.num_prompts), dirs
+    )
     b = -np.log(p0 / (1 - p0))
-    log_len = (math.log(s.median_tokens) + s.prompt_length_sigma * rng.standard_normal(s.num_prompts)
-               + s.difficulty_length_slope * (0.5 - p0))
-    p0_test, X_test, dom_test = _domain_split(rng, s, _domain_sizes([dm[2] for dm in s.domains],
-                                                                    s.num_test), dirs)
+    log_len = (
+        math.log(s.median_tokens)
+        + s.prompt_length_sigma * rng.standard_normal(s.num_prompts)
+        + s.difficulty_length_slope * (0.5 - p0)
+    )
+    p0_test, X_test, dom_test = _domain_split(
+        rng, s, _domain_sizes([dm[2] for dm in s.domains], s.num_test), dirs
+    )
     b_test = -np.log(p0_test / (1 - p0_test))
-    validation = ({v: np.flatnonzero(dom_test == names.index(v)) for v in s.validation_sets}
-                  or {"test": np.arange(s.num_test)})
+    validation = {v: np.flatnonzero(dom_test == names.index(v)) for v in s.validation_sets} or {
+        "test": np.arange(s.num_test)
+    }
     return World(X, b, log_len, X_test, b_test, p0, validation, dom, dom_test, names)
 
 
@@ -182,14 +188,26 @@ def build_world(s: Scenario, seed: int) -> World:
     X = _features(rng, s.num_prompts, s.dim, s.transfer)
     b = -np.log(p0 / (1 - p0))
     # per-prompt median length: log-normal spread, harder prompts longer
-    log_len = (math.log(s.median_tokens) + s.prompt_length_sigma * rng.standard_normal(s.num_prompts)
-               + s.difficulty_length_slope * (0.5 - p0))
+    log_len = (
+        math.log(s.median_tokens)
+        + s.prompt_length_sigma * rng.standard_normal(s.num_prompts)
+        + s.difficulty_length_slope * (0.5 - p0)
+    )
     p0_test = _initial_pass_rates(rng, s.num_test, s.pass_rate_mixture)
     X_test = _features(rng, s.num_test, s.dim, s.transfer)
     b_test = -np.log(p0_test / (1 - p0_test))
-    return World(np.ascontiguousarray(X), b, log_len, np.ascontiguousarray(X_test), b_test, p0,
-                 {"test": np.arange(s.num_test)}, np.zeros(s.num_prompts, np.int64),
-                 np.zeros(s.num_test, np.int64), ("all",))
+    return World(
+        np.ascontiguousarray(X),
+        b,
+        log_len,
+        np.ascontiguousarray(X_test),
+        b_test,
+        p0,
+        {"test": np.arange(s.num_test)},
+        np.zeros(s.num_prompts, np.int64),
+        np.zeros(s.num_test, np.int64),
+        ("all",),
+    )
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -200,73 +218,83 @@ def _register(s: Scenario) -> Scenario:
     return s
 
 
-_register(Scenario(
-    name="dapo-math",
-    summary="DAPO-Math-17k-like pool: U-shaped initial pass rates, many all-wrong and "
-            "all-right prompts at n = 8.",
-    calibration="Knapsack RL's setting (docs/methods.md#knapsack): Qwen2.5-Math-7B with GRPO, "
-                "n = 8, on DAPO-Math-17k (17,398 prompts, 256 per step). Initial pass rates: "
-                "30% near zero Beta(0.3, 8), 15% near one Beta(6, 0.4), 55% spread Beta(0.9, 1.3); "
-                "mean pass rate 0.375, at n = 8 33% of prompts all-wrong and 13% all-right in "
-                "expectation. Learning calibrated so that uniform GRPO (n = 8) shows the decay "
-                "docs/methods.md#knapsack reports: over 1,000 steps the effective-gradient ratio falls from 0.55 to "
-                "about 0.26 and train reward rises 0.39 -> 0.75 while test accuracy rises "
-                "0.37 -> 0.51 (seed 0).",
-    pass_rate_mixture=((0.30, 0.3, 8.0), (0.15, 6.0, 0.4), (0.55, 0.9, 1.3)),
-    target_accuracy=0.45,
-))
+_register(
+    Scenario(
+        name="dapo-math",
+        summary="DAPO-Math-17k-like pool: U-shaped initial pass rates, many all-wrong and "
+        "all-right prompts at n = 8.",
+        calibration="Knapsack RL's setting (docs/methods.md#knapsack): Qwen2.5-Math-7B with GRPO, "
+        "n = 8, on DAPO-Math-17k (17,398 prompts, 256 per step). Initial pass rates: "
+        "30% near zero Beta(0.3, 8), 15% near one Beta(6, 0.4), 55% spread Beta(0.9, 1.3); "
+        "mean pass rate 0.375, at n = 8 33% of prompts all-wrong and 13% all-right in "
+        "expectation. Learning calibrated so that uniform GRPO (n = 8) shows the decay "
+        "docs/methods.md#knapsack reports: over 1,000 steps the effective-gradient ratio falls from 0.55 to "
+        "about 0.26 and train reward rises 0.39 -> 0.75 while test accuracy rises "
+        "0.37 -> 0.51 (seed 0).",
+        pass_rate_mixture=((0.30, 0.3, 8.0), (0.15, 6.0, 0.4), (0.55, 0.9, 1.3)),
+        target_accuracy=0.45,
+    )
+)
 
-_register(Scenario(
-    name="hard",
-    summary="Hard set: base pass rate around 1-2 of 16 for every prompt.",
-    calibration="Reinforce-Ada's hard split (docs/simulator.md#hard): prompts the base model solves "
-                "1-2 times out of 16 (p ≈ 0.06-0.125). Initial pass rates Beta(2, 20): mean "
-                "0.09, 90% of prompts between 0.017 and 0.21, half of them all-wrong at n = 8; "
-                "5,000 prompts as in docs/simulator.md#hard Table 5.",
-    num_prompts=5_000,
-    pass_rate_mixture=((1.0, 2.0, 20.0),),
-    target_accuracy=0.2,
-))
+_register(
+    Scenario(
+        name="hard",
+        summary="Hard set: base pass rate around 1-2 of 16 for every prompt.",
+        calibration="Reinforce-Ada's hard split (docs/simulator.md#hard): prompts the base model solves "
+        "1-2 times out of 16 (p ≈ 0.06-0.125). Initial pass rates Beta(2, 20): mean "
+        "0.09, 90% of prompts between 0.017 and 0.21, half of them all-wrong at n = 8; "
+        "5,000 prompts as in docs/simulator.md#hard Table 5.",
+        num_prompts=5_000,
+        pass_rate_mixture=((1.0, 2.0, 20.0),),
+        target_accuracy=0.2,
+    )
+)
 
-_register(Scenario(
-    name="easy",
-    summary="Mixed/easy pool: most prompts solvable, a long easy tail.",
-    calibration="CROPI's GSM8K + MATH + DeepScaleR pool for an instruct model (docs/methods.md "
-                "docs/methods.md#cropi): mean initial pass rate about 0.6. Initial pass rates: 35% near one "
-                "Beta(5, 0.6), 50% Beta(2, 1.5), 15% hard Beta(0.5, 4); mean 0.615, at n = 8 "
-                "10% all-wrong and 24% all-right in expectation.",
-    num_prompts=10_000,
-    pass_rate_mixture=((0.35, 5.0, 0.6), (0.50, 2.0, 1.5), (0.15, 0.5, 4.0)),
-    target_accuracy=0.69,
-))
+_register(
+    Scenario(
+        name="easy",
+        summary="Mixed/easy pool: most prompts solvable, a long easy tail.",
+        calibration="CROPI's GSM8K + MATH + DeepScaleR pool for an instruct model (docs/methods.md "
+        "docs/methods.md#cropi): mean initial pass rate about 0.6. Initial pass rates: 35% near one "
+        "Beta(5, 0.6), 50% Beta(2, 1.5), 15% hard Beta(0.5, 4); mean 0.615, at n = 8 "
+        "10% all-wrong and 24% all-right in expectation.",
+        num_prompts=10_000,
+        pass_rate_mixture=((0.35, 5.0, 0.6), (0.50, 2.0, 1.5), (0.15, 0.5, 4.0)),
+        target_accuracy=0.69,
+    )
+)
 
-_register(Scenario(
-    name="cropi-math",
-    summary="CROPI's GSM8K + MATH + DeepScaleR pool in three skill domains, d = 2,048; "
-            "validation sets gsm8k and math are the test prompts of those domains.",
-    calibration="CROPI's setting (docs/methods.md#cropi): train pool gsm_math_dsr = GSM8K-train "
-                "7,473 + MATH-train 7,500 + DeepScaleR 40,315 prompts, scaled to 11,000 with the "
-                "same shares (13.6/13.6/72.8%); targets gsm8k and math (run_cropi.sh); test set "
-                "shaped like its RL evaluation (gsm8k 1,319; MATH500 + gaokao2023en 885; "
-                "olympiadbench + aime24 + amc23 745 prompts -> shares 45/30/25%). Initial pass "
-                "rates for Qwen2.5-1.5B-Instruct at T = 0.5: gsm8k Beta(1.6, 0.6) (mean 0.73, 32% "
-                "all-right at n = 8), math Beta(0.8, 0.65) (mean 0.55, 19% all-right, 11% "
-                "all-wrong), deepscaler Beta(0.45, 1.3) (mean 0.26, 38% all-wrong). Domain "
-                "strength 0.15: a prompt helps prompts of its own domain about 2.6x as much as "
-                "the others (δ² = 0.0225 against the shared transfer ρ²·2/π = 0.014, an "
-                "assumption). d = 2,048 so that CROPI's sparse random projection has something to "
-                "compress (its official run keeps 1% of 1.5B coordinates and projects to 32,768). "
-                "Target accuracy 0.62: uniform GRPO (256 prompts x 8) reaches it after about 165 "
-                "steps (seeds 0-2), from 0.55 at the start.",
-    num_prompts=11_000,
-    dim=2_048,
-    domains=(("gsm8k", 0.136, 0.45, ((1.0, 1.6, 0.6),)),
-             ("math", 0.136, 0.30, ((1.0, 0.8, 0.65),)),
-             ("deepscaler", 0.728, 0.25, ((1.0, 0.45, 1.3),))),
-    domain_strength=0.15,
-    validation_sets=("gsm8k", "math"),
-    target_accuracy=0.62,
-))
+_register(
+    Scenario(
+        name="cropi-math",
+        summary="CROPI's GSM8K + MATH + DeepScaleR pool in three skill domains, d = 2,048; "
+        "validation sets gsm8k and math are the test prompts of those domains.",
+        calibration="CROPI's setting (docs/methods.md#cropi): train pool gsm_math_dsr = GSM8K-train "
+        "7,473 + MATH-train 7,500 + DeepScaleR 40,315 prompts, scaled to 11,000 with the "
+        "same shares (13.6/13.6/72.8%); targets gsm8k and math (run_cropi.sh); test set "
+        "shaped like its RL evaluation (gsm8k 1,319; MATH500 + gaokao2023en 885; "
+        "olympiadbench + aime24 + amc23 745 prompts -> shares 45/30/25%). Initial pass "
+        "rates for Qwen2.5-1.5B-Instruct at T = 0.5: gsm8k Beta(1.6, 0.6) (mean 0.73, 32% "
+        "all-right at n = 8), math Beta(0.8, 0.65) (mean 0.55, 19% all-right, 11% "
+        "all-wrong), deepscaler Beta(0.45, 1.3) (mean 0.26, 38% all-wrong). Domain "
+        "strength 0.15: a prompt helps prompts of its own domain about 2.6x as much as "
+        "the others (δ² = 0.0225 against the shared transfer ρ²·2/π = 0.014, an "
+        "assumption). d = 2,048 so that CROPI's sparse random projection has something to "
+        "compress (its official run keeps 1% of 1.5B coordinates and projects to 32,768). "
+        "Target accuracy 0.62: uniform GRPO (256 prompts x 8) reaches it after about 165 "
+        "steps (seeds 0-2), from 0.55 at the start.",
+        num_prompts=11_000,
+        dim=2_048,
+        domains=(
+            ("gsm8k", 0.136, 0.45, ((1.0, 1.6, 0.6),)),
+            ("math", 0.136, 0.30, ((1.0, 0.8, 0.65),)),
+            ("deepscaler", 0.728, 0.25, ((1.0, 0.45, 1.3),)),
+        ),
+        domain_strength=0.15,
+        validation_sets=("gsm8k", "math"),
+        target_accuracy=0.62,
+    )
+)
 
 
 def get_scenario(name: str) -> Scenario:

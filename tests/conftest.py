@@ -21,8 +21,13 @@ if os.environ.get("CI"):
 class SimHarness:
     """The contract's loop, one step at a time, on a scenario of the simulator."""
 
-    def __init__(self, scenario: str = "dapo-math", seed: int = 0, budget: int = 512,
-                 prompts_per_step: int = 64):
+    def __init__(
+        self,
+        scenario: str = "dapo-math",
+        seed: int = 0,
+        budget: int = 512,
+        prompts_per_step: int = 64,
+    ):
         self.scenario = get_scenario(scenario)
         self.world = build_world(self.scenario, seed)
         self.model = LearningModel(self.scenario, self.world)

@@ -9,13 +9,32 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.results import LEADERBOARD_COLUMNS
 
-TINY = ["--steps", "6", "--eval-every", "3", "--budget", "256", "--prompts-per-step", "32",
-        "--workers", "1"]
+TINY = [
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--budget",
+    "256",
+    "--prompts-per-step",
+    "32",
+    "--workers",
+    "1",
+]
 
 
 def run(args, tmp_path):
-    return CliRunner().invoke(main, ["simulate", *args, "--out", str(tmp_path / "results"),
-                                     "--runs-dir", str(tmp_path / "runs")])
+    return CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            *args,
+            "--out",
+            str(tmp_path / "results"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+    )
 
 
 def test_help_explains_itself():
@@ -41,8 +60,12 @@ def test_runs_rank_and_append(tmp_path):
     assert len(df) == 4 and set(df.method) == {"uniform", "uniform:scale_by_std=false"}
     for rid in df.run_id:
         folder = tmp_path / "runs" / rid
-        assert {p.name for p in folder.iterdir()} == {"config.json", "steps.csv", "evals.csv",
-                                                       "allocation.csv"}
+        assert {p.name for p in folder.iterdir()} == {
+            "config.json",
+            "steps.csv",
+            "evals.csv",
+            "allocation.csv",
+        }
     # a second invocation appends, and the same seed gives the same numbers
     r = run([*TINY, "--seeds", "1", "--methods", "uniform"], tmp_path)
     assert r.exit_code == 0, r.output
@@ -53,33 +76,49 @@ def test_runs_rank_and_append(tmp_path):
 
 
 def test_process_pool_gives_the_same_rows(tmp_path):
-    args = ["--steps", "6", "--eval-every", "3", "--budget", "256", "--prompts-per-step", "32",
-            "--seeds", "2", "--methods", "uniform"]
+    args = [
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--budget",
+        "256",
+        "--prompts-per-step",
+        "32",
+        "--seeds",
+        "2",
+        "--methods",
+        "uniform",
+    ]
     a = run([*args, "--workers", "1"], tmp_path / "a")
     b = run([*args, "--workers", "2"], tmp_path / "b")
     assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
     cols = ["seed", "final_test_accuracy", "tokens", "config_hash"]
     da = pd.read_csv(tmp_path / "a" / "results" / "simulate_leaderboard.csv")[cols]
     db = pd.read_csv(tmp_path / "b" / "results" / "simulate_leaderboard.csv")[cols]
-    pd.testing.assert_frame_equal(da.sort_values("seed").reset_index(drop=True),
-                                  db.sort_values("seed").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        da.sort_values("seed").reset_index(drop=True), db.sort_values("seed").reset_index(drop=True)
+    )
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--scenario", "nope"], "unknown scenario 'nope' (scenarios: dapo-math"),
-    (["--methods", "nope"], "unknown method 'nope' (methods:"),
-    (["--methods", "uniform:nope=1"], "has no option 'nope'"),
-    (["--methods", "uniform:eps=abc"], "expects float"),
-    (["--budget", "10"], "below uniform's minimum"),
-    (["--steps", "0"], "'--steps'"),
-    (["--budget", "-5"], "'--budget'"),
-    (["--prompts-per-step", "0"], "'--prompts-per-step'"),
-    (["--prompts-per-step", "100000"], "exceeds the scenario's pool"),
-    (["--seeds", "0"], "bad --seeds"),
-    (["--seeds", "x"], "bad --seeds"),
-    (["--workers", "0"], "'--workers'"),
-    (["--no-such-flag"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--scenario", "nope"], "unknown scenario 'nope' (scenarios: dapo-math"),
+        (["--methods", "nope"], "unknown method 'nope' (methods:"),
+        (["--methods", "uniform:nope=1"], "has no option 'nope'"),
+        (["--methods", "uniform:eps=abc"], "expects float"),
+        (["--budget", "10"], "below uniform's minimum"),
+        (["--steps", "0"], "'--steps'"),
+        (["--budget", "-5"], "'--budget'"),
+        (["--prompts-per-step", "0"], "'--prompts-per-step'"),
+        (["--prompts-per-step", "100000"], "exceeds the scenario's pool"),
+        (["--seeds", "0"], "bad --seeds"),
+        (["--seeds", "x"], "bad --seeds"),
+        (["--workers", "0"], "'--workers'"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     r = run([*TINY, *args], tmp_path)
     assert r.exit_code == 2, r.output
@@ -95,15 +134,29 @@ def test_malformed_leaderboard_is_refused_and_kept(tmp_path):
     bad = out / "simulate_leaderboard.csv"
     bad.write_text("not,a,leaderboard\n1,2,3\n")
     r = run([*TINY, "--seeds", "1", "--methods", "uniform"], tmp_path)
-    assert r.exit_code == 2 and r.output.startswith("Error: ") and "simulate_leaderboard.csv" in r.output
+    assert (
+        r.exit_code == 2
+        and r.output.startswith("Error: ")
+        and "simulate_leaderboard.csv" in r.output
+    )
     assert bad.read_text() == "not,a,leaderboard\n1,2,3\n"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_unwritable_results_folder(tmp_path):
     (tmp_path / "blocker").write_text("")
-    r = CliRunner().invoke(main, ["simulate", *TINY, "--seeds", "1", "--out",
-                                  str(tmp_path / "blocker" / "results"), "--runs-dir",
-                                  str(tmp_path / "runs")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            *TINY,
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "blocker" / "results"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert r.exit_code == 2 and "not writable" in r.output
     assert len(r.output.strip().splitlines()) == 1

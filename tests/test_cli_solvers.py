@@ -26,24 +26,40 @@ def test_tiny_grid_appends_rows(tmp_path):
     with open(path) as f:
         assert next(csv.reader(f)) == SOLVER_COLUMNS
     rows = read(path)
-    assert len(rows) == 2 * 2 * 4                     # sizes × value functions × solvers
+    assert len(rows) == 2 * 2 * 4  # sizes × value functions × solvers
     assert {r["solver"] for r in rows} == {"fast", "greedy", "dp_table", "dp"}
     for r in rows:
         assert r["skipped"] == "false" and float(r["median_seconds"]) > 0
-        assert abs(float(r["gap_vs_dp"])) < 1e-12     # every solver reaches the DP's optimum
+        assert abs(float(r["gap_vs_dp"])) < 1e-12  # every solver reaches the DP's optimum
         assert float(r["speedup_vs_dp"]) > 0
         assert int(r["budget"]) == int(r["prompts"]) * 4
     res = runner.invoke(main, TINY + ["--out", str(tmp_path), "--values", "coba"])
     assert res.exit_code == 0, res.output
-    assert len(read(path)) == 16 + 8                  # appended, nothing lost
+    assert len(read(path)) == 16 + 8  # appended, nothing lost
     assert "rows appended" in res.output
 
 
 def test_skips_a_solver_that_would_take_too_long(tmp_path):
-    res = CliRunner().invoke(main, ["solvers", "--prompts", "2000", "--per-prompt", "64",
-                                    "--values", "knapsack", "--solvers", "fast,dp",
-                                    "--repeats", "1", "--max-seconds", "0.5",
-                                    "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "solvers",
+            "--prompts",
+            "2000",
+            "--per-prompt",
+            "64",
+            "--values",
+            "knapsack",
+            "--solvers",
+            "fast,dp",
+            "--repeats",
+            "1",
+            "--max-seconds",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = {r["solver"]: r for r in read(tmp_path / LEADERBOARD)}
     assert rows["dp"]["skipped"] == "true" and "estimated" in rows["dp"]["note"]
@@ -51,27 +67,44 @@ def test_skips_a_solver_that_would_take_too_long(tmp_path):
 
 
 def test_official_size_is_compared_with_cobas_figure(tmp_path):
-    res = CliRunner().invoke(main, ["solvers", "--prompts", "256", "--per-prompt", "8",
-                                    "--values", "knapsack", "--repeats", "1", "--no-save"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "solvers",
+            "--prompts",
+            "256",
+            "--per-prompt",
+            "8",
+            "--values",
+            "knapsack",
+            "--repeats",
+            "1",
+            "--no-save",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "928" in res.output and "official size" in res.output
     assert "fast solver vs heap greedy" in res.output
     assert not (tmp_path / LEADERBOARD).exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--per-prompt", "1"], "--per-prompt"),
-    (["--per-prompt", "200"], "--per-prompt"),
-    (["--cap", "2"], "--cap"),
-    (["--prompts", "0"], "--prompts"),
-    (["--prompts", "ten"], "integers"),
-    (["--values", "simplex"], "knapsack, coba"),
-    (["--solvers", "lp"], "fast, greedy, dp_table, dp"),
-    (["--rates", "beta"], "uniform"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--per-prompt", "1"], "--per-prompt"),
+        (["--per-prompt", "200"], "--per-prompt"),
+        (["--cap", "2"], "--cap"),
+        (["--prompts", "0"], "--prompts"),
+        (["--prompts", "ten"], "integers"),
+        (["--values", "simplex"], "knapsack, coba"),
+        (["--solvers", "lp"], "fast, greedy, dp_table, dp"),
+        (["--rates", "beta"], "uniform"),
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
-    res = CliRunner().invoke(main, ["solvers", "--prompts", "16", "--per-prompt", "4",
-                                    "--out", str(tmp_path)] + args)
+    res = CliRunner().invoke(
+        main, ["solvers", "--prompts", "16", "--per-prompt", "4", "--out", str(tmp_path)] + args
+    )
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
     assert not (tmp_path / LEADERBOARD).exists()

@@ -45,7 +45,9 @@ def reference(rates, budget, alpha, beta, n_low=2, n_up=128, s=0.01, q4_fixed=Fa
         mean = sum(ps) / len(ps)
         var = sum((x - mean) ** 2 for x in ps) / len(ps)
         tau = 3.0 + 9.0 * min(max(var / 0.1667, 0.0), 1.0)
-        log_b = math.log(math.exp(math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)))
+        log_b = math.log(
+            math.exp(math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta))
+        )
 
         def value(x, n):
             x2 = min(max(x, 1e-10), 1 - 1e-10)
@@ -53,8 +55,11 @@ def reference(rates, budget, alpha, beta, n_low=2, n_up=128, s=0.01, q4_fixed=Fa
             return (1 - math.exp(-n / tau * x * (1 - x))) * pdf
 
         n = [n_low] * len(expl)
-        heap = [(-(value(ps[j], n_low + 1) - value(ps[j], n_low)), j) for j in range(len(expl))
-                if n_low < n_up]
+        heap = [
+            (-(value(ps[j], n_low + 1) - value(ps[j], n_low)), j)
+            for j in range(len(expl))
+            if n_low < n_up
+        ]
         heapq.heapify(heap)
         r = eb
         while r > 0 and heap:
@@ -124,7 +129,7 @@ def rates_with_nan(rates):
 def test_transform_matches_the_spec_examples():
     assert transform_failure_rate(0.413) == pytest.approx(0.295, abs=5e-4)
     assert transform_failure_rate(0.30) == pytest.approx(0.119, abs=5e-4)
-    assert transform_failure_rate(0.7) == 0.7          # only once f <= 0.5
+    assert transform_failure_rate(0.7) == 0.7  # only once f <= 0.5
 
 
 class _Pattern:
@@ -134,8 +139,9 @@ class _Pattern:
         self.succ = succ
 
     def sample(self, prompt_ids, counts):
-        rewards = np.concatenate([(np.arange(c) < self.succ[int(i)]).astype(float)
-                                  for i, c in zip(prompt_ids, counts)])
+        rewards = np.concatenate(
+            [(np.arange(c) < self.succ[int(i)]).astype(float) for i, c in zip(prompt_ids, counts)]
+        )
         n = int(counts.sum())
         return Samples.from_request(prompt_ids, counts, rewards, np.ones(n, np.int64))
 
@@ -151,14 +157,15 @@ def run_step(a: Coba, prompts, succ, budget, t):
 
 def test_beta_parameters_follow_the_previous_steps_failure_rate():
     a = make(8)
-    assert (a.beta_alpha, a.beta_beta) == (9.0, 2.0)   # S − 2, 2 before any statistics
+    assert (a.beta_alpha, a.beta_beta) == (9.0, 2.0)  # S − 2, 2 before any statistics
     # in-step success rates 0, 0.25, 0.5, 0.75 (4 rollouts each): f = 1 − 0.375 = 0.625
     run_step(a, [0, 1, 2, 3], {0: 0, 1: 1, 2: 2, 3: 3}, 16, 0)
     assert a.beta_alpha == pytest.approx(1 + 9 * 0.625) and a.beta_beta == pytest.approx(
-        11 - (1 + 9 * 0.625))
+        11 - (1 + 9 * 0.625)
+    )
     # window 1: only the latest step counts; f = 0.25 → f' = σ(−2.5)
     r = run_step(a, [4, 5, 6, 7], {4: 4, 5: 4, 6: 2, 7: 2}, 16, 1)
-    assert r.info["beta_alpha"] == pytest.approx(1 + 9 * 0.625)   # allocation used the old one
+    assert r.info["beta_alpha"] == pytest.approx(1 + 9 * 0.625)  # allocation used the old one
     assert a.beta_alpha == pytest.approx(1 + 9 * transform_failure_rate(0.25))
 
 
@@ -166,9 +173,9 @@ def test_class_preset_and_window():
     a = parse_spec("coba@class").build()
     assert (a.config.n_up, a.config.beta_params_sum, a.config.sliding_window_size) == (32, 7.0, 3)
     a.reset(8, np.random.default_rng(0))
-    run_step(a, [0, 1, 2, 3], {0: 0, 1: 0, 2: 0, 3: 0}, 16, 0)   # f = 1
-    run_step(a, [4, 5, 6, 7], {4: 4, 5: 4, 6: 4, 7: 4}, 16, 1)   # f = 0
-    assert a.beta_alpha == pytest.approx(1 + 5 * 0.5)           # window 3: mean f = 0.5
+    run_step(a, [0, 1, 2, 3], {0: 0, 1: 0, 2: 0, 3: 0}, 16, 0)  # f = 1
+    run_step(a, [4, 5, 6, 7], {4: 4, 5: 4, 6: 4, 7: 4}, 16, 1)  # f = 0
+    assert a.beta_alpha == pytest.approx(1 + 5 * 0.5)  # window 3: mean f = 0.5
     # p̂ of prompt 0 over its visits: 0/4 now; after another visit with 4 successes of n,
     # (0 + 4)/(4 + n)
     r = run_step(a, [0, 1, 2, 3], {0: 4, 1: 0, 2: 0, 3: 0}, 16, 2)
@@ -197,12 +204,12 @@ def test_categories_and_exploration_share():
 
 def test_greedy_ties_go_to_the_smaller_index():
     a = make(n_up=4)
-    counts, _ = a.budgets(np.full(4, 0.5), 8 + 3)      # R = 3, EB = 2 (0.8), leftover 1
+    counts, _ = a.budgets(np.full(4, 0.5), 8 + 3)  # R = 3, EB = 2 (0.8), leftover 1
     assert counts.tolist() == [4, 3, 2, 2]
 
 
 def test_q4_faithful_gives_earlier_prompts_more():
-    p = np.array([0.0, 0.0, 0.0, 0.5])                 # three very hard prompts, weights equal
+    p = np.array([0.0, 0.0, 0.0, 0.5])  # three very hard prompts, weights equal
     faithful, _ = make().budgets(p, 8 + 30)
     fixed, _ = make(q4="fixed").budgets(p, 8 + 30)
     # R = 30; explore is 1 of 4 → ratio 0.7, EB = 21 to the explore prompt; leftover 9:
@@ -219,12 +226,23 @@ def test_caps_hold_and_what_cannot_be_placed_stays_unspent():
 
 
 @settings(max_examples=150, deadline=None)
-@given(rates=st.lists(st.one_of(st.none(), st.sampled_from([0.0, 1.0, 0.05, 0.99]),
-                                st.integers(0, 16).map(lambda j: j / 16), st.floats(0, 1)),
-                      min_size=1, max_size=40),
-       per_prompt=st.floats(0.5, 40.0), n_up=st.sampled_from([2, 3, 8, 32, 128]),
-       f=st.floats(0.0, 1.0), q4=st.sampled_from(["faithful", "fixed"]))
-@example(rates=[None] * 6, per_prompt=2.0, n_up=128, f=0.5, q4="faithful")     # all unseen
+@given(
+    rates=st.lists(
+        st.one_of(
+            st.none(),
+            st.sampled_from([0.0, 1.0, 0.05, 0.99]),
+            st.integers(0, 16).map(lambda j: j / 16),
+            st.floats(0, 1),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    per_prompt=st.floats(0.5, 40.0),
+    n_up=st.sampled_from([2, 3, 8, 32, 128]),
+    f=st.floats(0.0, 1.0),
+    q4=st.sampled_from(["faithful", "fixed"]),
+)
+@example(rates=[None] * 6, per_prompt=2.0, n_up=128, f=0.5, q4="faithful")  # all unseen
 @example(rates=[0.0, 1.0, 0.5] * 3, per_prompt=2.0, n_up=128, f=0.5, q4="faithful")  # at the min
 @example(rates=[0.0, 1.0, 0.5] * 3, per_prompt=1.0, n_up=128, f=0.5, q4="faithful")  # below it
 @example(rates=[0.0, 0.01, 1.0, 0.999], per_prompt=20.0, n_up=8, f=0.2, q4="fixed")  # no explore
@@ -234,13 +252,14 @@ def test_matches_the_reference_and_respects_bounds(rates, per_prompt, n_up, f, q
     a.update_beta()
     budget = int(per_prompt * len(rates))
     counts, info = a.budgets(rates_with_nan(rates), budget)
-    assert counts.tolist() == reference(rates, budget, a.beta_alpha, a.beta_beta, n_up=n_up,
-                                        q4_fixed=q4 == "fixed")
+    assert counts.tolist() == reference(
+        rates, budget, a.beta_alpha, a.beta_beta, n_up=n_up, q4_fixed=q4 == "fixed"
+    )
     assert counts.sum() <= budget and (counts >= 0).all()
     m = len(rates)
     if budget >= 2 * m and not all(r is None for r in rates):
         assert (counts >= 2).all() and (counts <= n_up).all()
-        if counts.sum() < budget:                    # only the caps stop the spending
+        if counts.sum() < budget:  # only the caps stop the spending
             assert info["unspent"] == budget - counts.sum() > 0
 
 

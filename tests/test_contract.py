@@ -35,8 +35,9 @@ class FrozenSimSource(SimulatedSource):
     """The simulator's source on a policy that never moves: its only state is its generator."""
 
     def __init__(self, seed: int):
-        super().__init__(LearningModel(SMALL, build_world(SMALL, seed)),
-                         np.random.default_rng([seed, 1]))
+        super().__init__(
+            LearningModel(SMALL, build_world(SMALL, seed)), np.random.default_rng([seed, 1])
+        )
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -61,9 +62,14 @@ def test_registered_methods_pass_the_suite(make, check, sources):
     check(make, sources)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in METHODS
-                                        if not parse_spec(n).build().capabilities().needs
-                                        - BernoulliSource.provides))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n
+        for n in METHODS
+        if not parse_spec(n).build().capabilities().needs - BernoulliSource.provides
+    ),
+)
 def test_the_suite_runs_on_its_own_source(name):
     check_allocator(MAKERS[name])
 
@@ -104,9 +110,14 @@ class Overspending(Uniform):
         return counts, info
 
 
-@pytest.mark.parametrize("bug, check", [(Forgetful, check_state_round_trip),
-                                        (Mutating, check_config_unchanged),
-                                        (Overspending, check_step_invariants)])
+@pytest.mark.parametrize(
+    "bug, check",
+    [
+        (Forgetful, check_state_round_trip),
+        (Mutating, check_config_unchanged),
+        (Overspending, check_step_invariants),
+    ],
+)
 def test_the_suite_catches_planted_bugs(bug, check):
     with pytest.raises(AssertionError):
         check(bug)
@@ -119,14 +130,17 @@ def test_the_readme_example_method_passes_the_suite():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"## Adding a method.*?```python\n(.*?)```", text, re.S)
     assert block, "README has no Adding a method example"
-    module = types.ModuleType("readme_example")   # dataclasses look their module up
+    module = types.ModuleType("readme_example")  # dataclasses look their module up
     sys.modules[module.__name__] = module
     try:
         exec(compile(block.group(1), "README.md", "exec"), module.__dict__)
     finally:
         del sys.modules[module.__name__]
-    classes = [v for v in vars(module).values() if isinstance(v, type)
-               and v.__module__ == module.__name__ and hasattr(v, "run_step")]
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and v.__module__ == module.__name__ and hasattr(v, "run_step")
+    ]
     assert classes
     for cls in classes:
         check_allocator(cls)

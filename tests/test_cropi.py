@@ -48,7 +48,7 @@ def test_projection_preserves_inner_products_within_the_jl_bound(kind):
     assert np.all(np.abs((pu * pu).sum(1) - nu) <= 0.35 * nu)
     a, b, pa, pb = u[:100], u[100:], pu[:100], pu[100:]
     ip = (a * b).sum(1)
-    sd = np.sqrt(((a * a).sum(1) * (b * b).sum(1) + ip ** 2) / k)
+    sd = np.sqrt(((a * a).sum(1) * (b * b).sum(1) + ip**2) / k)
     z = ((pa * pb).sum(1) - ip) / sd
     assert abs(z.mean()) < 0.4
     assert 0.6 < (z * z).mean() < 1.4
@@ -125,11 +125,11 @@ def _loss(theta, X, u, b, ids, counts, rewards, beh, eps=1e-4):
     """CROPI's per-prompt loss −(1/n)Σ ρ_j A_j, written out in numpy, one value per prompt."""
     out, j = [], 0
     for i, n in zip(ids, counts):
-        r = rewards[j:j + n]
+        r = rewards[j : j + n]
         a = (r - r.mean()) / (r.std(ddof=1) + eps)
         p = 1 / (1 + np.exp(-(X[i] @ theta + u[i] - b[i])))
         logp = np.where(r > 0.5, np.log(p), np.log1p(-p))
-        out.append(-np.mean(np.exp(logp - beh[j:j + n]) * a))
+        out.append(-np.mean(np.exp(logp - beh[j : j + n]) * a))
         j += n
     return np.array(out)
 
@@ -150,8 +150,10 @@ def test_gradient_equals_finite_differences():
     for k in range(d):
         e = np.zeros(d)
         e[k] = h
-        fd[:, k] = (_loss(theta + e, X, u, b, ids, counts, rewards, beh)
-                    - _loss(theta - e, X, u, b, ids, counts, rewards, beh)) / (2 * h)
+        fd[:, k] = (
+            _loss(theta + e, X, u, b, ids, counts, rewards, beh)
+            - _loss(theta - e, X, u, b, ids, counts, rewards, beh)
+        ) / (2 * h)
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
     assert np.all(g[0] == 0.0) and np.all(np.abs(g[1:]).sum(1) > 0)
 
@@ -303,8 +305,15 @@ def test_state_dict_round_trip(harness):
 
 
 def test_bad_options_are_rejected():
-    for spec in ("cropi:ratio=0", "cropi:ratio=1.5", "cropi:stage_steps=0", "cropi:n_offline=1",
-                 "cropi:sparsity=0", "cropi:projection=sparse", "cropi:score=best"):
+    for spec in (
+        "cropi:ratio=0",
+        "cropi:ratio=1.5",
+        "cropi:stage_steps=0",
+        "cropi:n_offline=1",
+        "cropi:sparsity=0",
+        "cropi:projection=sparse",
+        "cropi:score=best",
+    ):
         with pytest.raises(SpecError):
             parse_spec(spec)
     assert isinstance(parse_spec("cropi:projection=rademacher:sparsity=0.1").build(), Cropi)
@@ -338,22 +347,58 @@ def test_speedup_and_precision_scripts_run(tmp_path):
     from click.testing import CliRunner
 
     from bench.cli import main as bench_main
+
     precision = _script("cropi_precision").main
     speedup = _script("cropi_speedup").main
 
     runs = tmp_path / "runs"
-    r = CliRunner().invoke(bench_main, [
-        "simulate", "--scenario", "easy", "--methods", "uniform,cropi:score=random", "--seeds", "1",
-        "--steps", "6", "--eval-every", "3", "--budget", "256", "--prompts-per-step", "32",
-        "--workers", "1", "--out", str(tmp_path / "results"), "--runs-dir", str(runs)])
+    r = CliRunner().invoke(
+        bench_main,
+        [
+            "simulate",
+            "--scenario",
+            "easy",
+            "--methods",
+            "uniform,cropi:score=random",
+            "--seeds",
+            "1",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--budget",
+            "256",
+            "--prompts-per-step",
+            "32",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "results"),
+            "--runs-dir",
+            str(runs),
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(speedup, ["--runs-dir", str(runs), "--at", "3"])
     assert r.exit_code == 0, r.output
     assert "cropi:score=random" in r.output and "1.00x" in r.output  # uniform against itself
     r = CliRunner().invoke(speedup, ["--runs-dir", str(runs), "--baseline", "nope"])
     assert r.exit_code == 2
-    r = CliRunner().invoke(precision, ["--scenario", "hard", "--trained-steps", "2", "--sparsity",
-                                       "1,0.5", "--proj-dims", "8,64", "--repeats", "1"])
+    r = CliRunner().invoke(
+        precision,
+        [
+            "--scenario",
+            "hard",
+            "--trained-steps",
+            "2",
+            "--sparsity",
+            "1,0.5",
+            "--proj-dims",
+            "8,64",
+            "--repeats",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "precision@0.1 (fused)" in r.output and "chance level" in r.output
 
@@ -361,6 +406,7 @@ def test_speedup_and_precision_scripts_run(tmp_path):
 def test_projection_never_goes_up_in_dimension():
     """proj_dim > sparse_dim: the kept coordinates are used as they are (exact inner products)."""
     from allocators.projection import SparseRandomProjection
+
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=64), rng.normal(size=64)
     p = SparseRandomProjection(64, 64, 1024, "gaussian", seed=0)

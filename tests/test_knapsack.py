@@ -23,15 +23,17 @@ def make(num_prompts: int = 64, **options) -> Knapsack:
 
 
 def visit(a: Knapsack, prompt: int, rewards: list[int], step: int = 0) -> None:
-    a.stats.update(np.array([prompt]), np.zeros(len(rewards), np.int64),
-                   np.asarray(rewards, np.float64), step)
+    a.stats.update(
+        np.array([prompt]), np.zeros(len(rewards), np.int64), np.asarray(rewards, np.float64), step
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # reference numbers (docs/methods.md)
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("p, cost", [(0.5, 3.3), (0.2, 10.3), (0.1, 21.9), (0.05, 44.9),
-                                     (0.01, 229.1)])
+@pytest.mark.parametrize(
+    "p, cost", [(0.5, 3.3), (0.2, 10.3), (0.1, 21.9), (0.05, 44.9), (0.01, 229.1)]
+)
 def test_probability_cost_matches_the_spec_table(p, cost):
     assert probability_cost(p, 0.9) == pytest.approx(cost, abs=0.05)
     # PNZ at that cost is 0.9: the cost is the N with PNZ(N, p) >= alpha
@@ -39,8 +41,9 @@ def test_probability_cost_matches_the_spec_table(p, cost):
     assert 1 - max(p, 1 - p) ** n == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("p, pnz", [(0.5, 0.992), (0.2, 0.832), (0.1, 0.570), (0.05, 0.337),
-                                    (0.01, 0.077)])
+@pytest.mark.parametrize(
+    "p, pnz", [(0.5, 0.992), (0.2, 0.832), (0.1, 0.570), (0.05, 0.337), (0.01, 0.077)]
+)
 def test_value_factor_is_the_spec_pnz(p, pnz):
     pr = S.knapsack_problem(np.array([p]), k0_value="natural")
     assert S.values(pr, np.array([8]))[0] / (p * (1 - p) ** 2) == pytest.approx(pnz, abs=5e-4)
@@ -52,18 +55,18 @@ def test_value_factor_is_the_spec_pnz(p, pnz):
 def test_state_follows_the_official_estimator():
     a = make()
     valid, p = a.state(np.array([0]))
-    assert not valid[0] and p[0] == 0.0                       # unseen: [0, 0.0, 0]
-    visit(a, 0, [1, 0, 0, 0, 0, 0, 0], step=0)                # 7 rewards: not valid yet
+    assert not valid[0] and p[0] == 0.0  # unseen: [0, 0.0, 0]
+    visit(a, 0, [1, 0, 0, 0, 0, 0, 0], step=0)  # 7 rewards: not valid yet
     valid, p = a.state(np.array([0]))
     assert not valid[0] and p[0] == pytest.approx(1 / 7)
-    visit(a, 0, [1, 1], step=1)                               # 9 rewards: valid
+    visit(a, 0, [1, 1], step=1)  # 9 rewards: valid
     valid, p = a.state(np.array([0]))
-    assert valid[0] and p[0] == pytest.approx(3 / 9)          # the last (at most) 16 rewards
-    visit(a, 0, [0] * 10, step=2)                             # 19 rewards: window of 16
+    assert valid[0] and p[0] == pytest.approx(3 / 9)  # the last (at most) 16 rewards
+    visit(a, 0, [0] * 10, step=2)  # 19 rewards: window of 16
     assert a.state(np.array([0]))[1][0] == pytest.approx(2 / 16)
-    visit(a, 0, [1] * 20 + [0] * 12, step=3)                  # a visit of >= 16: that visit only
+    visit(a, 0, [1] * 20 + [0] * 12, step=3)  # a visit of >= 16: that visit only
     assert a.state(np.array([0]))[1][0] == pytest.approx(20 / 32)
-    b = make(epoch_estimation=False)                          # always the last 16 rewards
+    b = make(epoch_estimation=False)  # always the last 16 rewards
     visit(b, 0, [1] * 20 + [0] * 12)
     assert b.state(np.array([0]))[1][0] == 0.25
 
@@ -81,11 +84,11 @@ def test_no_effective_prompt_sends_the_residual_to_the_failed_ones():
     a = make()
     valid = np.ones(6, bool)
     p = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
-    counts, _ = a.budgets(valid, p, 48)             # base 2 each = 12; residual 36 over 3
+    counts, _ = a.budgets(valid, p, 48)  # base 2 each = 12; residual 36 over 3
     assert counts.tolist() == [14, 2, 14, 2, 14, 2]
-    counts, _ = a.budgets(valid, p, 49)             # +1 to the first in batch order
+    counts, _ = a.budgets(valid, p, 49)  # +1 to the first in batch order
     assert counts.tolist() == [15, 2, 14, 2, 14, 2]
-    counts, _ = a.budgets(valid, np.ones(6), 48)    # nothing failed: everybody n
+    counts, _ = a.budgets(valid, np.ones(6), 48)  # nothing failed: everybody n
     assert counts.tolist() == [8] * 6
 
 
@@ -107,7 +110,7 @@ def test_fallback_counts_unseen_prompts_as_failed():
     a = make()
     valid = np.array([True] * 4 + [False])
     p = np.array([0.5, 0.5, 0.5, 0.5, 0.0])
-    counts, _ = a.budgets(valid, p, 64)             # base 8 + 8; residual 48; C = 12
+    counts, _ = a.budgets(valid, p, 64)  # base 8 + 8; residual 48; C = 12
     assert counts[4] == 8 + 36
 
 
@@ -115,7 +118,7 @@ def test_fallback_without_failed_prompts_goes_to_the_other_non_effective_ones():
     a = make()
     valid = np.ones(4, bool)
     p = np.array([0.5, 0.5, 1.0, 1.0])
-    counts, _ = a.budgets(valid, p, 40)             # residual 32, C = 6 -> 26 over the two p=1
+    counts, _ = a.budgets(valid, p, 40)  # residual 32, C = 6 -> 26 over the two p=1
     assert counts[2:].tolist() == [15, 15] and counts.sum() == 40
 
 
@@ -153,8 +156,9 @@ def test_solvers_reach_the_same_objective(solver):
     assert other.sum() == fast.sum() == 768
     eff = valid & (p > 0) & (p < 1)
     pr = S.knapsack_problem(p[eff])
-    assert S.objective(pr, fast[eff] - 2) == pytest.approx(S.objective(pr, other[eff] - 2),
-                                                           rel=1e-12)
+    assert S.objective(pr, fast[eff] - 2) == pytest.approx(
+        S.objective(pr, other[eff] - 2), rel=1e-12
+    )
     assert np.array_equal(fast[~eff], other[~eff])
 
 
@@ -162,32 +166,67 @@ def test_budget_below_the_base():
     a = make()
     valid = np.array([True, True, False, False])
     p = np.array([0.5, 0.0, 0.0, 0.0])
-    counts, _ = a.budgets(valid, p, 12)             # base 2+2+8+8 = 20 > 12: unseen share 8
+    counts, _ = a.budgets(valid, p, 12)  # base 2+2+8+8 = 20 > 12: unseen share 8
     assert counts.tolist() == [2, 2, 4, 4]
-    counts, _ = a.budgets(valid, p, 7)              # not even min_n each: an even split
+    counts, _ = a.budgets(valid, p, 7)  # not even min_n each: an even split
     assert counts.tolist() == [2, 2, 2, 1]
 
 
-states = st.lists(st.tuples(st.booleans(),
-                            st.one_of(st.sampled_from([0.0, 1.0]),
-                                      st.integers(0, 16).map(lambda j: j / 16),
-                                      st.floats(0.0, 1.0))),
-                  min_size=1, max_size=48)
+states = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.one_of(
+            st.sampled_from([0.0, 1.0]),
+            st.integers(0, 16).map(lambda j: j / 16),
+            st.floats(0.0, 1.0),
+        ),
+    ),
+    min_size=1,
+    max_size=48,
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(states=states, per_prompt=st.floats(0.5, 40.0), topup=st.sampled_from(["uncapped",
-                                                                                 "capped"]),
-       k0=st.sampled_from(["zero", "natural"]), fallback=st.booleans(),
-       cost=st.sampled_from(["probability", "expectation"]))
-@example(states=[(False, 0.0)] * 8, per_prompt=2.0, topup="uncapped", k0="zero", fallback=True,
-         cost="probability")                                  # all unseen, at the minimum
-@example(states=[(False, 0.0)] * 8, per_prompt=1.0, topup="uncapped", k0="zero", fallback=True,
-         cost="probability")                                  # all unseen, below it
-@example(states=[(True, 0.0), (True, 1.0)] * 4, per_prompt=2.0, topup="capped", k0="zero",
-         fallback=True, cost="probability")                   # no effective prompt
-@example(states=[(True, 0.5)] * 8, per_prompt=200.0, topup="capped", k0="natural",
-         fallback=False, cost="probability")                  # every prompt effective, past caps
+@given(
+    states=states,
+    per_prompt=st.floats(0.5, 40.0),
+    topup=st.sampled_from(["uncapped", "capped"]),
+    k0=st.sampled_from(["zero", "natural"]),
+    fallback=st.booleans(),
+    cost=st.sampled_from(["probability", "expectation"]),
+)
+@example(
+    states=[(False, 0.0)] * 8,
+    per_prompt=2.0,
+    topup="uncapped",
+    k0="zero",
+    fallback=True,
+    cost="probability",
+)  # all unseen, at the minimum
+@example(
+    states=[(False, 0.0)] * 8,
+    per_prompt=1.0,
+    topup="uncapped",
+    k0="zero",
+    fallback=True,
+    cost="probability",
+)  # all unseen, below it
+@example(
+    states=[(True, 0.0), (True, 1.0)] * 4,
+    per_prompt=2.0,
+    topup="capped",
+    k0="zero",
+    fallback=True,
+    cost="probability",
+)  # no effective prompt
+@example(
+    states=[(True, 0.5)] * 8,
+    per_prompt=200.0,
+    topup="capped",
+    k0="natural",
+    fallback=False,
+    cost="probability",
+)  # every prompt effective, past caps
 def test_totals_are_exact_and_nothing_is_negative(states, per_prompt, topup, k0, fallback, cost):
     valid = np.array([v for v, _ in states])
     p = np.array([q for _, q in states])
@@ -199,7 +238,7 @@ def test_totals_are_exact_and_nothing_is_negative(states, per_prompt, topup, k0,
     assert counts.sum() == budget and (counts >= 0).all()
     eff = valid & (p > 0) & (p < 1)
     base = np.where(~valid, 8, 2)
-    if budget >= base.sum():                        # no prompt below its base
+    if budget >= base.sum():  # no prompt below its base
         assert (counts >= base).all()
         # capped: no effective prompt past max_n (except a p̂ < 1e-38 that float32, like the
         # official arrays, rounds to 0: the official fallback then targets it too)
@@ -224,20 +263,21 @@ def test_advantages_are_clipped_at_five():
     step.add_prompts(np.array([0]))
     rewards = np.zeros(93)
     rewards[0] = 1.0
-    samples = Samples(np.zeros(93, np.int64), np.zeros(93, np.int64), rewards,
-                      np.ones(93, np.int64))
+    samples = Samples(
+        np.zeros(93, np.int64), np.zeros(93, np.int64), rewards, np.ones(93, np.int64)
+    )
     adv = a.build(step, samples).advantages
-    assert adv.max() == 5.0                          # (1 − 1/93)/std ≈ 9.5 before the clip
+    assert adv.max() == 5.0  # (1 − 1/93)/std ≈ 9.5 before the clip
     assert adv.min() == pytest.approx(-(1 / 93) / (math.sqrt(1 / 93) + 1e-6))
     unclipped = make(adv_clip=0).build(step, samples).advantages
-    assert unclipped.max() == pytest.approx((92 / 93) * math.sqrt(93), rel=1e-5)   # ≈ 9.54
+    assert unclipped.max() == pytest.approx((92 / 93) * math.sqrt(93), rel=1e-5)  # ≈ 9.54
 
 
 def test_runs_in_the_simulator_with_exact_budgets(harness):
     h = harness("hard", seed=0, budget=2048, prompts_per_step=256)
     a = h.start(parse_spec("knapsack").build())
     spent, varied, fallbacks = [], False, 0
-    for _ in range(45):                              # > 2 epochs of the 5,000-prompt scenario
+    for _ in range(45):  # > 2 epochs of the 5,000-prompt scenario
         r = h.step(a)
         spent.append(r.counts.generated.sum())
         varied |= r.counts.generated.max() > 8

@@ -13,13 +13,17 @@ from allocators.metrics import auc, first_crossing, run_metrics, step_metrics
 def test_step_metrics_by_hand():
     # group 0: 8 generated, 3 right, all trained -> mixed; group 1: 4 generated, 0 right;
     # group 2: 4 generated, 4 right but only 2 trained; group 3: 4 generated 2 right, none trained
-    c = GroupCounts(generated=np.array([8, 4, 4, 4]), successes=np.array([3, 0, 4, 2]),
-                    tokens=np.array([800, 500, 300, 400]), trained=np.array([8, 4, 2, 0]),
-                    trained_successes=np.array([3, 0, 2, 0]))
+    c = GroupCounts(
+        generated=np.array([8, 4, 4, 4]),
+        successes=np.array([3, 0, 4, 2]),
+        tokens=np.array([800, 500, 300, 400]),
+        trained=np.array([8, 4, 2, 0]),
+        trained_successes=np.array([3, 0, 2, 0]),
+    )
     m = step_metrics(c, 0.25)
     assert m["rollouts"] == 20 and m["tokens"] == 2000 and m["train_samples"] == 14
-    assert m["effective_grad_ratio"] == 8 / 14          # response-weighted, trained samples
-    assert m["effective_prompt_ratio"] == 2 / 4          # groups 0 and 3 are mixed
+    assert m["effective_grad_ratio"] == 8 / 14  # response-weighted, trained samples
+    assert m["effective_prompt_ratio"] == 2 / 4  # groups 0 and 3 are mixed
     assert m["train_reward"] == 9 / 20
     assert m["solver_seconds"] == 0.25
 

@@ -32,8 +32,9 @@ class RateSource:
         pid = np.repeat(prompt_ids, counts)
         ok = self.rng.random(pid.size) < self.rates[pid]
         ans = np.where(ok, 0, self.rng.integers(1, self.wrong + 1, pid.size))
-        return Samples.from_request(prompt_ids, counts, ok.astype(float),
-                                    np.ones(pid.size, np.int64), answers=ans)
+        return Samples.from_request(
+            prompt_ids, counts, ok.astype(float), np.ones(pid.size, np.int64), answers=ans
+        )
 
 
 class Driver:
@@ -76,7 +77,7 @@ def test_dapo_keeps_the_first_mixed_groups_and_counts_every_rollout():
         r = d.step()
         c = r.counts
         assert r.samples.rewards.size == c.generated.sum()
-        assert (c.generated == 8).all()                         # n = budget / prompts
+        assert (c.generated == 8).all()  # n = budget / prompts
         assert r.samples.rewards.size == r.info["gen_batches"] * 48 * 8  # 3x over-sampling
         g = trained_groups(r)
         assert g.size == 16 and (c.trained[g] == 8).all()
@@ -86,13 +87,18 @@ def test_dapo_keeps_the_first_mixed_groups_and_counts_every_rollout():
         assert g.tolist() == mixed[:16].tolist()
         s = r.samples
         idx = r.train.index
-        np.testing.assert_allclose(r.train.advantages,
-                                   group_normalized(s.group[idx], s.rewards[idx], c.generated.size))
+        np.testing.assert_allclose(
+            r.train.advantages, group_normalized(s.group[idx], s.rewards[idx], c.generated.size)
+        )
 
 
 def test_dapo_stops_at_the_refill_limit():
-    d = Driver(parse_spec("dapo:max_gen_batches=2:gen_batch_factor=1").build(),
-               np.zeros(200), prompts_per_step=16, budget=64)
+    d = Driver(
+        parse_spec("dapo:max_gen_batches=2:gen_batch_factor=1").build(),
+        np.zeros(200),
+        prompts_per_step=16,
+        budget=64,
+    )
     r = d.step()
     assert r.info == {"gen_batches": 2, "kept_groups": 0, "short": 16}
     assert r.train.index.size == 0 and r.samples.rewards.size == 2 * 16 * 4
@@ -135,8 +141,14 @@ def reference_streaks(visits):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 4)), max_size=12),
-                min_size=1, max_size=6), st.integers(1, 8))
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 4), st.integers(0, 4)), max_size=12),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 8),
+)
 def test_greso_streaks_match_the_visit_history(histories, window):
     stats = PromptStats(len(histories), reward_buffer=0, visit_window=window)
     step = 0
@@ -156,8 +168,13 @@ def test_greso_streaks_match_the_visit_history(histories, window):
 def test_greso_skip_probability_and_exploration_floor():
     rng = np.random.default_rng(0)
     k = 200_000
-    for streak, p, expect in [(0, 0.5, 0.0), (1, 0.5, 0.5), (3, 0.5, 0.875), (20, 0.5, 0.99),
-                              (2, 0.9, 0.19)]:
+    for streak, p, expect in [
+        (0, 0.5, 0.0),
+        (1, 0.5, 0.5),
+        (3, 0.5, 0.875),
+        (20, 0.5, 0.99),
+        (2, 0.9, 0.19),
+    ]:
         e = np.full(k, streak)
         z = np.zeros(k, np.int64)
         easy_rate = skip_mask(e, z, rng.random(k), rng.random(k), p, 0.5, 0.01).mean()
@@ -167,7 +184,7 @@ def test_greso_skip_probability_and_exploration_floor():
 
 
 def test_greso_skips_zero_variance_prompts_and_adapts_exploration():
-    rates = np.array([1.0] * 60 + [0.5] * 60)   # half always all-correct
+    rates = np.array([1.0] * 60 + [0.5] * 60)  # half always all-correct
     d = Driver(parse_spec("greso").build(), rates, prompts_per_step=8, budget=64)
     skipped, easy_sampled, sampled = 0, 0, 0
     for t in range(120):
@@ -181,8 +198,8 @@ def test_greso_skips_zero_variance_prompts_and_adapts_exploration():
             easy_sampled += int((r.prompt_ids < 60).sum())
             sampled += r.prompt_ids.size
     assert skipped > 0
-    assert d.alloc.p_easy < 0.5        # too many easy prompts sampled -> explore less
-    assert d.alloc.p_hard > 0.5        # no all-wrong prompt at all -> explore more
+    assert d.alloc.p_easy < 0.5  # too many easy prompts sampled -> explore less
+    assert d.alloc.p_hard > 0.5  # no all-wrong prompt at all -> explore more
     assert easy_sampled < 0.2 * sampled
 
 
@@ -201,8 +218,12 @@ def continuous(w, total, lo, hi):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.02, 0.98), min_size=1, max_size=80), st.integers(1, 40),
-       st.integers(1, 4), st.integers(4, 64))
+@given(
+    st.lists(st.floats(0.02, 0.98), min_size=1, max_size=80),
+    st.integers(1, 40),
+    st.integers(1, 4),
+    st.integers(4, 64),
+)
 def test_gvm_rounding_holds_budget_and_bounds(p, per_prompt, lo, hi):
     p = np.array(p)
     w = np.sqrt((1 - p) / p)
@@ -222,10 +243,14 @@ def test_gvm_weights_and_simulated_budget():
     a = parse_spec("gvm").build()
     a.reset(4, np.random.default_rng(0))
     ids = np.arange(4)
-    np.testing.assert_allclose(a.weights(ids), 1.0)        # unseen: p̂ = 0.5
+    np.testing.assert_allclose(a.weights(ids), 1.0)  # unseen: p̂ = 0.5
     # prompt 0: 8 failures (p̂ = 1/10); prompt 1: 8 successes (9/10); prompt 2: 0/100 (clamped)
-    a.stats.update(np.array([0, 1, 2]), np.repeat([0, 1, 2], [8, 8, 100]),
-                   np.concatenate([np.zeros(8), np.ones(8), np.zeros(100)]), 0)
+    a.stats.update(
+        np.array([0, 1, 2]),
+        np.repeat([0, 1, 2], [8, 8, 100]),
+        np.concatenate([np.zeros(8), np.ones(8), np.zeros(100)]),
+        0,
+    )
     np.testing.assert_allclose(a.p_hat(ids), [0.1, 0.9, 0.02, 0.5])
     np.testing.assert_allclose(a.weights(ids), np.sqrt([9.0, 1 / 9, 49.0, 1.0]))
     raft = parse_spec("gvm@raft").build()
@@ -240,7 +265,7 @@ def test_gvm_weights_and_simulated_budget():
         c = r.counts
         assert c.generated.sum() == 128 and (c.generated >= 2).all() and (c.generated <= 32).all()
         hard_share.append(c.generated[r.prompt_ids < 40].sum() / c.generated.sum())
-    assert np.mean(hard_share[-10:]) > 0.7   # the log objective spends on the hard half
+    assert np.mean(hard_share[-10:]) > 0.7  # the log objective spends on the hard half
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,16 +292,22 @@ def test_aps_score_cases():
     # correct answer the unique mode with mass 3/4 -> U * 3/4
     assert aps_scores(np.array([[0, 0, 0, 1]]), grid, half, half, 4)[0, 0] == pytest.approx(0.375)
     # correct second (2/5) behind a mode of mass 3/5 -> 3/5 + U * 2/5
-    assert aps_scores(np.array([[2, 2, 2, 0, 0]]), np.array([5]), one * 0.5, half,
-                      4)[0, 0] == pytest.approx(0.8)
+    assert aps_scores(np.array([[2, 2, 2, 0, 0]]), np.array([5]), one * 0.5, half, 4)[
+        0, 0
+    ] == pytest.approx(0.8)
     # tie between the correct answer and one other (each 1/2): ahead with probability 1/2
     u_tie = np.random.default_rng(0).random((4000, 1))
     rows = np.tile([0, 1, 0, 1], (4000, 1))
     s = aps_scores(rows, grid, np.zeros((4000, 1)), u_tie, 2)[:, 0]
     assert set(np.round(s, 9)) == {0.0, 0.5} and s.mean() == pytest.approx(0.25, abs=0.02)
     # scores at several budgets use the first k answers
-    s = aps_scores(np.array([[1, 1, 0, 0, 0, 0, 0, 0]]), np.array([2, 8]), np.zeros((1, 2)),
-                   np.zeros((1, 2)), 2)
+    s = aps_scores(
+        np.array([[1, 1, 0, 0, 0, 0, 0, 0]]),
+        np.array([2, 8]),
+        np.zeros((1, 2)),
+        np.zeros((1, 2)),
+        2,
+    )
     assert s[0, 0] == 1.0 and s[0, 1] == pytest.approx(0.0)
 
 
@@ -293,7 +324,7 @@ def test_cgrpo_stops_early_holds_out_calibration_and_recalibrates():
     rates = np.array([1.0] * 100 + [0.0] * 100 + [0.5] * 100)
     alloc = parse_spec("cgrpo:num_calibration=24:recalibrate_every=5").build()
     d = Driver(alloc, rates, prompts_per_step=20, budget=160)
-    d.source.wrong = 1   # one wrong answer: the always-wrong prompts agree on it
+    d.source.wrong = 1  # one wrong answer: the always-wrong prompts agree on it
     held = set(alloc.calibration_ids.tolist())
     grid = {2, 4, 8, 16, 32}
     for t in range(12):

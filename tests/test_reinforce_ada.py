@@ -30,8 +30,13 @@ class BernoulliSource:
     def sample(self, prompt_ids, counts):
         pid = np.repeat(prompt_ids, counts)
         rew = (self.rng.random(pid.size) < self.p).astype(np.float64)
-        return Samples.from_request(prompt_ids, counts, rew, np.ones(pid.size, np.int64),
-                                    answers=(rew == 0).astype(np.int64))
+        return Samples.from_request(
+            prompt_ids,
+            counts,
+            rew,
+            np.ones(pid.size, np.int64),
+            answers=(rew == 0).astype(np.int64),
+        )
 
 
 class ScriptedSource:
@@ -44,11 +49,16 @@ class ScriptedSource:
     def sample(self, prompt_ids, counts):
         rew = []
         for i, c in zip(prompt_ids.tolist(), counts.tolist()):
-            rew.extend(self.script[i][self.pos[i]:self.pos[i] + c])
+            rew.extend(self.script[i][self.pos[i] : self.pos[i] + c])
             self.pos[i] += c
         rew = np.array(rew, float)
-        return Samples.from_request(prompt_ids, counts, rew, np.ones(rew.size, np.int64),
-                                    answers=(rew == 0).astype(np.int64))
+        return Samples.from_request(
+            prompt_ids,
+            counts,
+            rew,
+            np.ones(rew.size, np.int64),
+            answers=(rew == 0).astype(np.int64),
+        )
 
 
 def one_step(allocator, source, num_prompts, budget=None, seed=0):
@@ -101,9 +111,10 @@ def test_exact_matches_spec_table(p):
     assert abs(got_e_pos - e_pos) <= 0.05 + 1e-9 and abs(got_e_bal - e_bal) <= 0.05 + 1e-9
     assert abs(got_u_pos - u_pos) <= 0.0005 + 1e-9 and abs(got_u_bal - u_bal) <= 0.0005 + 1e-9
     # GRPO n = 4 column: PNZ(4, p) = 1 − p^4 − (1 − p)^4
-    assert 1 - p ** 4 - (1 - p) ** 4 == pytest.approx(
-        {0.01: 0.039, 0.05: 0.185, 0.1: 0.344, 0.2: 0.589, 0.5: 0.875, 0.9: 0.344,
-         0.99: 0.039}[p], abs=6e-4)
+    assert 1 - p**4 - (1 - p) ** 4 == pytest.approx(
+        {0.01: 0.039, 0.05: 0.185, 0.1: 0.344, 0.2: 0.589, 0.5: 0.875, 0.9: 0.344, 0.99: 0.039}[p],
+        abs=6e-4,
+    )
 
 
 @pytest.mark.parametrize("choice", ["positive_focused", "balanced"])
@@ -147,8 +158,10 @@ def kept(result, prompt):
 
 def test_balanced_exit_keeps_the_first_two_of_each_in_generation_order():
     # prompt 0: round 1 has 1 positive; round 2 brings the second -> exits after round 2
-    script = {0: [0, 1, 0, 0, 0, 0, 0, 0] + [0, 0, 1, 1, 0, 0, 0, 0] + [1] * 16,
-              1: [1, 0, 1, 0, 1, 0, 1, 0] + [0] * 24}
+    script = {
+        0: [0, 1, 0, 0, 0, 0, 0, 0] + [0, 0, 1, 1, 0, 0, 0, 0] + [1] * 16,
+        1: [1, 0, 1, 0, 1, 0, 1, 0] + [0] * 24,
+    }
     r = one_step(ReinforceAdaSeq(), ScriptedSource(script), 2)
     assert r.counts.generated.tolist() == [16 if p == 0 else 8 for p in r.prompt_ids]
     mine, all_mine, adv = kept(r, 0)
@@ -217,24 +230,39 @@ def test_paper_weight_is_one_over_pool_mean():
 
 def test_std_and_local_options():
     script = {0: [1, 0, 0, 0, 1, 0, 0, 0] + [0] * 24}
-    r = one_step(parse_spec("ada-seq-balance:norm_adv_by_std=true").build(),
-                 ScriptedSource({0: list(script[0])}), 1)
+    r = one_step(
+        parse_spec("ada-seq-balance:norm_adv_by_std=true").build(),
+        ScriptedSource({0: list(script[0])}),
+        1,
+    )
     pool = np.array([1, 0, 0, 0, 1, 0, 0, 0], float)
     std = pool.std(ddof=1)
     rw = r.samples.rewards[r.train.index]
     np.testing.assert_allclose(r.train.advantages, (rw - 0.25) / (std + 1e-6))
-    r = one_step(parse_spec("ada-seq-balance:global_stat_est=false").build(),
-                 ScriptedSource({0: list(script[0])}), 1)
+    r = one_step(
+        parse_spec("ada-seq-balance:global_stat_est=false").build(),
+        ScriptedSource({0: list(script[0])}),
+        1,
+    )
     rw = r.samples.rewards[r.train.index]
     np.testing.assert_allclose(r.train.advantages, rw - 0.5)  # the kept 2 + 2
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 40), st.floats(0.0, 1.0), st.sampled_from(["ada-seq-balance", "ada-seq-pos"]),
-       st.sampled_from(["first", "random"]), st.integers(0, 10_000))
+@given(
+    st.integers(1, 40),
+    st.floats(0.0, 1.0),
+    st.sampled_from(["ada-seq-balance", "ada-seq-pos"]),
+    st.sampled_from(["first", "random"]),
+    st.integers(0, 10_000),
+)
 def test_seq_bounds_on_random_batches(m, p, name, downsample, seed):
-    r = one_step(parse_spec(f"{name}:downsample={downsample}").build(), BernoulliSource(p, seed),
-                 m, seed=seed)
+    r = one_step(
+        parse_spec(f"{name}:downsample={downsample}").build(),
+        BernoulliSource(p, seed),
+        m,
+        seed=seed,
+    )
     c = r.counts
     assert set(np.unique(c.generated)) <= {8, 16, 24, 32}
     assert (c.trained == 4).all()
@@ -313,8 +341,12 @@ def reference_est(w, total, base, cap):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.01, 1.0), min_size=1, max_size=64), st.integers(1, 40),
-       st.integers(1, 4), st.integers(4, 40))
+@given(
+    st.lists(st.floats(0.01, 1.0), min_size=1, max_size=64),
+    st.integers(1, 40),
+    st.integers(1, 4),
+    st.integers(4, 40),
+)
 def test_est_allocation_matches_reference_and_holds_bounds(p_hat, mean, base, cap):
     w = 1.0 / np.sqrt(np.array(p_hat))
     m = w.size
@@ -335,8 +367,17 @@ def test_est_allocation_matches_reference_and_holds_bounds(p_hat, mean, base, ca
 
 def test_est_on_the_simulator_spends_the_budget_and_follows_the_prior():
     from simulator.run import SimConfig, run_simulation
-    out = run_simulation(SimConfig(scenario="hard", method="ada-est", steps=30, budget=2048,
-                                   prompts_per_step=256, eval_every=10))
+
+    out = run_simulation(
+        SimConfig(
+            scenario="hard",
+            method="ada-est",
+            steps=30,
+            budget=2048,
+            prompts_per_step=256,
+            eval_every=10,
+        )
+    )
     assert (out.steps.rollouts == 2048).all() and (out.steps.train_samples == 2048).all()
     alloc = parse_spec("ada-est").build()
     alloc.reset(10, np.random.default_rng(0))
@@ -353,12 +394,17 @@ def test_est_advantage_options():
     r = one_step(parse_spec("ada-est").build(), ScriptedSource(script), 2, budget=16)
     s = r.samples
     np.testing.assert_allclose(r.train.advantages, group_normalized(s.group, s.rewards, 2))
-    r = one_step(parse_spec("ada-est:advantage=weighted").build(),
-                 ScriptedSource({k: list(v) for k, v in script.items()}), 2, budget=16)
+    r = one_step(
+        parse_spec("ada-est:advantage=weighted").build(),
+        ScriptedSource({k: list(v) for k, v in script.items()}),
+        2,
+        budget=16,
+    )
     s = r.samples
     w = math.sqrt(17.0)
-    np.testing.assert_allclose(r.train.advantages,
-                               w * group_normalized(s.group, s.rewards, 2, scale_by_std=False))
+    np.testing.assert_allclose(
+        r.train.advantages, w * group_normalized(s.group, s.rewards, 2, scale_by_std=False)
+    )
 
 
 def test_est_docstring_total_is_an_option():

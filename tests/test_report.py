@@ -18,22 +18,45 @@ UNIFORM = [0.40, 0.42, 0.44, 0.46, 0.48, 0.50]
 TARGET = 0.45
 
 
-def _row(method: str, seed: int, final: float, budget: int = 2048, to_target=np.nan,
-         scenario: str = "dapo-math", frozen: bool = False) -> dict:
-    cfg = {"method": method, "seed": seed, "budget": budget, "scenario": scenario,
-           "frozen": frozen}
+def _row(
+    method: str,
+    seed: int,
+    final: float,
+    budget: int = 2048,
+    to_target=np.nan,
+    scenario: str = "dapo-math",
+    frozen: bool = False,
+) -> dict:
+    cfg = {"method": method, "seed": seed, "budget": budget, "scenario": scenario, "frozen": frozen}
     return {
-        "timestamp": "2026-01-01T00:00:00+00:00", "mode": "simulate",
-        "run_id": f"{scenario}-{method}-{budget}-s{seed}", "scenario": scenario,
-        "model": "simulator", "method": method, "method_name": method.split(":")[0],
-        "seed": seed, "budget": budget, "prompts_per_step": 256, "steps": 100,
-        "eval_every": 10, "frozen": frozen, "initial_test_accuracy": 0.37, "final_test_accuracy": final,
-        "auc_test_accuracy": (0.37 + final) / 2, "target_accuracy": TARGET,
-        "rollouts_to_target": to_target, "rollouts": budget * 100, "tokens": budget * 100 * 1000,
-        "train_samples": budget * 100, "final_train_reward": 0.5,
+        "timestamp": "2026-01-01T00:00:00+00:00",
+        "mode": "simulate",
+        "run_id": f"{scenario}-{method}-{budget}-s{seed}",
+        "scenario": scenario,
+        "model": "simulator",
+        "method": method,
+        "method_name": method.split(":")[0],
+        "seed": seed,
+        "budget": budget,
+        "prompts_per_step": 256,
+        "steps": 100,
+        "eval_every": 10,
+        "frozen": frozen,
+        "initial_test_accuracy": 0.37,
+        "final_test_accuracy": final,
+        "auc_test_accuracy": (0.37 + final) / 2,
+        "target_accuracy": TARGET,
+        "rollouts_to_target": to_target,
+        "rollouts": budget * 100,
+        "tokens": budget * 100 * 1000,
+        "train_samples": budget * 100,
+        "final_train_reward": 0.5,
         "mean_effective_grad_ratio": 0.5 if method == "uniform" else 0.7,
-        "mean_effective_prompt_ratio": 0.5, "solver_seconds_per_step": 0.001,
-        "wall_seconds": 1.0, "config_hash": config_hash(cfg), "code_version": "test",
+        "mean_effective_prompt_ratio": 0.5,
+        "solver_seconds_per_step": 0.001,
+        "wall_seconds": 1.0,
+        "config_hash": config_hash(cfg),
+        "code_version": "test",
     }
 
 
@@ -60,17 +83,30 @@ def write_run_folders(rows: list[dict], runs) -> None:
         d.mkdir(parents=True)
         steps = np.arange(0, 101, 10)
         acc = 0.37 + (r["final_test_accuracy"] - 0.37) * steps / 100
-        pd.DataFrame({"step": steps, "rollouts": steps * r["budget"],
-                      "tokens": steps * r["budget"] * 1000, "test_accuracy": acc}
-                     ).to_csv(d / "evals.csv", index=False)
+        pd.DataFrame(
+            {
+                "step": steps,
+                "rollouts": steps * r["budget"],
+                "tokens": steps * r["budget"] * 1000,
+                "test_accuracy": acc,
+            }
+        ).to_csv(d / "evals.csv", index=False)
         lo = np.arange(10) / 10
         per = 8 if r["method"] == "uniform" else 4 + np.arange(10)
         prompts = np.full(10, 100)
-        pd.DataFrame({"step": 100, "p_low": lo, "p_high": lo + 0.1, "prompts": prompts,
-                      "rollouts": prompts * per}).to_csv(d / "allocation.csv", index=False)
+        pd.DataFrame(
+            {
+                "step": 100,
+                "p_low": lo,
+                "p_high": lo + 0.1,
+                "prompts": prompts,
+                "rollouts": prompts * per,
+            }
+        ).to_csv(d / "allocation.csv", index=False)
 
 
 # ------------------------------------------------------------------ statistics with known answers
+
 
 def test_mean_interval_matches_normal_theory_for_many_seeds():
     x = np.random.default_rng(0).normal(0.5, 0.1, 400)
@@ -89,7 +125,7 @@ def test_degenerate_and_tiny_samples():
 
 
 def test_interquartile_mean_ignores_outliers():
-    assert R.iqm(np.arange(8.0)) == pytest.approx(3.5)          # mean of 2, 3, 4, 5
+    assert R.iqm(np.arange(8.0)) == pytest.approx(3.5)  # mean of 2, 3, 4, 5
     assert R.iqm([0, 1, 2, 3, 4, 5, 6, 1000.0]) == pytest.approx(3.5)
     x = [0, 1, 2, 3, 4, 5, 6, 1000.0]
     ci, mean = R.iqm_ci(x), R.mean_ci(x)
@@ -100,7 +136,7 @@ def test_probability_of_improvement():
     a, b = np.array([0.5, 0.6, 0.7]), np.array([0.1, 0.2, 0.3])
     assert R.probability_of_improvement(a, b).point == 1.0
     assert R.probability_of_improvement(b, a).point == 0.0
-    assert R.probability_of_improvement(a, a).point == 0.5     # ties count one half
+    assert R.probability_of_improvement(a, a).point == 0.5  # ties count one half
     # of 4 pairs none won, one tied (2 vs 2): 0.5 / 4; and [1, 3] vs [2]: one of 2 won
     assert R.probability_of_improvement([1.0, 2.0], [2.0, 3.0]).point == pytest.approx(0.125)
     assert R.probability_of_improvement([1.0, 3.0], [2.0]).point == pytest.approx(0.5)
@@ -162,18 +198,23 @@ def test_ranking_costs_and_comparisons(leaderboard):
 
 def test_duplicates_count_once_and_arms_name_varying_settings(tmp_path):
     rows = synthetic_rows()
-    rows.append(dict(rows[0]))                                    # the same run recorded twice
+    rows.append(dict(rows[0]))  # the same run recorded twice
     rows += [_row("uniform", s, UNIFORM[s] + 0.01, budget=4096) for s in SEEDS]
     path = tmp_path / "simulate_leaderboard.csv"
     append_rows(path, rows)
     loaded, dropped = R.dedupe(R.load_rows([path]))
     assert dropped == 1
     arms = set(R.label_arms(loaded)["arm"])
-    assert arms == {"uniform (budget=2048)", "uniform (budget=4096)", "better (budget=2048)",
-                    "worse (budget=2048)"}
+    assert arms == {
+        "uniform (budget=2048)",
+        "uniform (budget=4096)",
+        "better (budget=2048)",
+        "worse (budget=2048)",
+    }
     # every arm against the baseline at every budget: better (2048) vs uniform (4096) is paired
-    cross = R.versus_baseline(R.label_arms(loaded), "final_test_accuracy", "uniform",
-                              every_budget=True).set_index(["arm", "baseline"])
+    cross = R.versus_baseline(
+        R.label_arms(loaded), "final_test_accuracy", "uniform", every_budget=True
+    ).set_index(["arm", "baseline"])
     row = cross.loc[("better (budget=2048)", "uniform (budget=4096)")]
     assert row["diff"] == pytest.approx(0.04) and row["paired_seeds"] == 6
     assert ("uniform (budget=2048)", "uniform (budget=2048)") not in cross.index
@@ -190,12 +231,25 @@ def test_duplicates_count_once_and_arms_name_varying_settings(tmp_path):
 
 # ------------------------------------------------------------------ the command
 
+
 def _report(tmp_path, *args):
-    return CliRunner().invoke(main, ["report", "--results", str(tmp_path / "results"),
-                                     "--runs-dir", str(tmp_path / "runs"),
-                                     "--out", str(tmp_path / "report"),
-                                     "--solvers", str(tmp_path / "nope.csv"),
-                                     "--resamples", "500", *args])
+    return CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--results",
+            str(tmp_path / "results"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "report"),
+            "--solvers",
+            str(tmp_path / "nope.csv"),
+            "--resamples",
+            "500",
+            *args,
+        ],
+    )
 
 
 def _png_ok(path) -> bool:
@@ -213,9 +267,11 @@ def test_report_with_run_folders_writes_plots(tmp_path, leaderboard):
     assert md.index("| 1 | `better`") < md.index("| 2 | `uniform`") < md.index("| 3 | `worse`")
     assert "solver scaling chart skipped" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["allocation-simulate-dapo-math-simulator.png",
-                    "curves-rollouts-simulate-dapo-math-simulator.png",
-                    "curves-tokens-simulate-dapo-math-simulator.png"]
+    assert pngs == [
+        "allocation-simulate-dapo-math-simulator.png",
+        "curves-rollouts-simulate-dapo-math-simulator.png",
+        "curves-tokens-simulate-dapo-math-simulator.png",
+    ]
     for name in pngs:
         assert _png_ok(out / name), name
         assert f"]({name})" in md
@@ -256,17 +312,40 @@ def test_solver_chart_from_solvers_csv(tmp_path, leaderboard):
             for m in (64, 256, 1024):
                 for per in (4, 8):
                     skipped = solver == "dp" and m == 1024
-                    rows.append({c: "" for c in SOLVER_COLUMNS} | {
-                        "value_function": func, "rates": "uniform", "prompts": m,
-                        "budget": m * per, "per_prompt": per, "cap": 128, "solver": solver,
-                        "median_seconds": "" if skipped else scale * m,
-                        "skipped": str(skipped).lower(), "seed": 0})
+                    rows.append(
+                        {c: "" for c in SOLVER_COLUMNS}
+                        | {
+                            "value_function": func,
+                            "rates": "uniform",
+                            "prompts": m,
+                            "budget": m * per,
+                            "per_prompt": per,
+                            "cap": 128,
+                            "solver": solver,
+                            "median_seconds": "" if skipped else scale * m,
+                            "skipped": str(skipped).lower(),
+                            "seed": 0,
+                        }
+                    )
     append_rows(solvers, rows, SOLVER_COLUMNS)
 
     def run(path):
-        return CliRunner().invoke(main, [
-            "report", "--results", str(leaderboard), "--out", str(tmp_path / "report"),
-            "--runs-dir", str(tmp_path / "runs"), "--solvers", str(path), "--resamples", "200"])
+        return CliRunner().invoke(
+            main,
+            [
+                "report",
+                "--results",
+                str(leaderboard),
+                "--out",
+                str(tmp_path / "report"),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--solvers",
+                str(path),
+                "--resamples",
+                "200",
+            ],
+        )
 
     r = run(solvers)
     assert r.exit_code == 0, r.output
@@ -290,12 +369,15 @@ def _one_error_line(r, words):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], r.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--mode", "nope"], "unknown --mode 'nope' (modes: simulate, train)"),
-    (["--scenario", "nope"], "--scenario 'nope' matches no run"),
-    (["--methods", "nope"], "--methods 'nope' matches no run"),
-    (["--resamples", "5"], "'--resamples'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--mode", "nope"], "unknown --mode 'nope' (modes: simulate, train)"),
+        (["--scenario", "nope"], "--scenario 'nope' matches no run"),
+        (["--methods", "nope"], "--methods 'nope' matches no run"),
+        (["--resamples", "5"], "'--resamples'"),
+    ],
+)
 def test_bad_filters_exit_2(tmp_path, leaderboard, args, words):
     _one_error_line(_report(tmp_path, *args), words)
     assert not (tmp_path / "report").exists()
@@ -311,7 +393,9 @@ def test_missing_and_malformed_leaderboards_exit_2(tmp_path):
     append_rows(tmp_path / "ok.csv", synthetic_rows()[:2])
     text = (tmp_path / "ok.csv").read_text().replace(",0.4,", ",zero point four,", 1)
     bad.write_text(text)
-    _one_error_line(_report(tmp_path), "column final_test_accuracy: 'zero point four' is not a number")
+    _one_error_line(
+        _report(tmp_path), "column final_test_accuracy: 'zero point four' is not a number"
+    )
     lines = (tmp_path / "ok.csv").read_text().splitlines()
     bad.write_text("\n".join([lines[0], lines[1].rsplit(",", 3)[0]]) + "\n")
     _one_error_line(_report(tmp_path), "is malformed: line 2 has")

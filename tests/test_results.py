@@ -19,7 +19,9 @@ from bench.results import (
 
 def row(i: int) -> dict:
     r = {c: "" for c in LEADERBOARD_COLUMNS}
-    r.update(mode="simulate", run_id=f"r{i}", method="uniform", seed=i, final_test_accuracy=0.5 + i / 100)
+    r.update(
+        mode="simulate", run_id=f"r{i}", method="uniform", seed=i, final_test_accuracy=0.5 + i / 100
+    )
     return r
 
 
@@ -48,8 +50,7 @@ def test_a_crash_while_writing_loses_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n",
-                                     ",".join(LEADERBOARD_COLUMNS) + "\n1,2\n"])
+@pytest.mark.parametrize("content", ["a,b,c\n1,2,3\n", ",".join(LEADERBOARD_COLUMNS) + "\n1,2\n"])
 def test_a_malformed_leaderboard_is_refused_and_untouched(tmp_path, content):
     path = tmp_path / "simulate_leaderboard.csv"
     path.write_text(content)

@@ -62,23 +62,27 @@ class _StepLike:
 
 
 def test_learning_raises_test_accuracy():
-    out = run_simulation(SimConfig(scenario="dapo-math", method="uniform", seed=0, steps=150,
-                                   eval_every=50))
+    out = run_simulation(
+        SimConfig(scenario="dapo-math", method="uniform", seed=0, steps=150, eval_every=50)
+    )
     acc = out.evals.test_accuracy.to_numpy()
     assert np.all(np.diff(acc) > 0)
     assert acc[-1] > acc[0] + 0.01
 
 
 def test_frozen_mode_never_moves():
-    out = run_simulation(SimConfig(scenario="hard", method="uniform", seed=0, steps=20,
-                                   eval_every=10, frozen=True))
+    out = run_simulation(
+        SimConfig(scenario="hard", method="uniform", seed=0, steps=20, eval_every=10, frozen=True)
+    )
     assert out.evals.test_accuracy.nunique() == 1
 
 
 def test_exact_test_accuracy():
     rng = np.random.default_rng(0)
     X, theta, b = rng.normal(size=(50, 4)), rng.normal(size=4), rng.normal(size=50)
-    assert np.isclose(kernels.mean_success(X, theta, b), np.mean(1 / (1 + np.exp(-(X @ theta - b)))))
+    assert np.isclose(
+        kernels.mean_success(X, theta, b), np.mean(1 / (1 + np.exp(-(X @ theta - b))))
+    )
 
 
 def test_policy_gradient_is_the_score_function(harness):
@@ -102,5 +106,5 @@ def test_stream_serves_every_prompt_once_per_epoch():
     counts = np.bincount(seen, minlength=10)
     assert np.all(counts == 3)
     for k in range(10):  # a slice never repeats a prompt
-        part = seen[3 * k: 3 * k + 3]
+        part = seen[3 * k : 3 * k + 3]
         assert np.unique(part).size == 3

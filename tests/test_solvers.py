@@ -32,8 +32,14 @@ def random_problem(rng: np.random.Generator, m: int, cap: int, discrete: bool) -
         min_n = int(rng.integers(1, 4))
         k0 = "zero" if rng.random() < 0.5 else "natural"
         return S.knapsack_problem(p, min_n=min_n, max_n=min_n + cap, k0_value=k0)
-    return S.coba_problem(p, alpha=rng.uniform(1, 10), beta=rng.uniform(1, 10),
-                          tau=rng.uniform(3, 12), n_low=2, n_up=2 + cap)
+    return S.coba_problem(
+        p,
+        alpha=rng.uniform(1, 10),
+        beta=rng.uniform(1, 10),
+        tau=rng.uniform(3, 12),
+        n_low=2,
+        n_up=2 + cap,
+    )
 
 
 def test_every_solver_reaches_the_brute_force_optimum():
@@ -108,11 +114,11 @@ def test_dp_keeps_the_official_tie_rules():
 def test_knapsack_value_and_quirk_q1():
     p = 0.5
     pr = S.knapsack_problem(np.array([p]), min_n=2, max_n=10, k0_value="zero")
-    expected = (1 - p ** 8 - (1 - p) ** 8) * p * (1 - p) ** 2
+    expected = (1 - p**8 - (1 - p) ** 8) * p * (1 - p) ** 2
     assert S.values(pr, np.array([8]))[0] == pytest.approx(expected, rel=1e-15)
-    assert S.objective(pr, np.array([0])) == 0.0                   # Q1: v(0) = 0
+    assert S.objective(pr, np.array([0])) == 0.0  # Q1: v(0) = 0
     natural = S.knapsack_problem(np.array([p]), min_n=2, max_n=10, k0_value="natural")
-    assert S.objective(natural, np.array([0])) == pytest.approx(0.5 * 0.25 * 0.5)   # V(2)
+    assert S.objective(natural, np.array([0])) == pytest.approx(0.5 * 0.25 * 0.5)  # V(2)
     assert S.objective(natural, np.array([6])) == pytest.approx(expected)
 
 
@@ -136,7 +142,7 @@ def test_coba_beta_pdf_matches_scipy():
 
 def test_coba_value_formula():
     pr = S.coba_problem(np.array([0.3, 0.999]), alpha=4.0, beta=7.0, tau=5.0, smoothing=0.01)
-    assert pr.p.tolist() == [0.3, 0.99]                  # p̃ clipped to [0.01, 0.99]
+    assert pr.p.tolist() == [0.3, 0.99]  # p̃ clipped to [0.01, 0.99]
     n = np.array([10, 10])
     expected = (1 - np.exp(-10 / 5.0 * pr.p * (1 - pr.p))) * stats.beta.pdf(pr.p, 4.0, 7.0)
     assert np.allclose(S.values(pr, n), expected, rtol=1e-12)
@@ -153,18 +159,27 @@ def test_bad_inputs_are_refused():
         S.coba_problem(np.array([0.5]), 2.0, 2.0, tau=0.0)
 
 
-rates = st.lists(st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0)),
-                 min_size=0, max_size=40)
+rates = st.lists(
+    st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0)), min_size=0, max_size=40
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(p=rates, cap=st.integers(0, 130), budget=st.integers(-5, 3000),
-       kind=st.sampled_from(["knapsack", "coba"]), k0=st.sampled_from(["zero", "natural"]),
-       method=st.sampled_from(["fast", "greedy"]))
+@given(
+    p=rates,
+    cap=st.integers(0, 130),
+    budget=st.integers(-5, 3000),
+    kind=st.sampled_from(["knapsack", "coba"]),
+    k0=st.sampled_from(["zero", "natural"]),
+    method=st.sampled_from(["fast", "greedy"]),
+)
 def test_totals_and_bounds_hold(p, cap, budget, kind, k0, method):
     p = np.asarray(p, np.float64)
-    pr = (S.knapsack_problem(p, min_n=2, max_n=2 + cap, k0_value=k0) if kind == "knapsack"
-          else S.coba_problem(p, 5.0, 6.0, 7.5, n_low=2, n_up=2 + cap))
+    pr = (
+        S.knapsack_problem(p, min_n=2, max_n=2 + cap, k0_value=k0)
+        if kind == "knapsack"
+        else S.coba_problem(p, 5.0, 6.0, 7.5, n_low=2, n_up=2 + cap)
+    )
     k = S.solve(pr, budget, method)
     assert k.dtype == np.int64 and k.shape == p.shape
     assert k.sum() == max(0, min(budget, p.size * cap))

@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 from allocators.stats import PromptStats
 
 # a history: a list of steps; each step a list of (prompt, reward) in generation order
-histories = st.lists(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0.0, 1.0])),
-                              min_size=1, max_size=40), min_size=1, max_size=12)
+histories = st.lists(
+    st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0.0, 1.0])), min_size=1, max_size=40),
+    min_size=1,
+    max_size=12,
+)
 
 
 def replay(history, k=16, w=3, decay=0.9):
@@ -18,14 +21,19 @@ def replay(history, k=16, w=3, decay=0.9):
     for t, step in enumerate(history):
         prompts = sorted({p for p, _ in step})
         gid = {p: g for g, p in enumerate(prompts)}
-        stats.update(np.array(prompts), np.array([gid[p] for p, _ in step], np.int64),
-                     np.array([r for _, r in step]), t)
+        stats.update(
+            np.array(prompts),
+            np.array([gid[p] for p, _ in step], np.int64),
+            np.array([r for _, r in step]),
+            t,
+        )
     return stats
 
 
 def visits_of(history, prompt):
-    return [[r for p, r in step if p == prompt] for step in history
-            if any(p == prompt for p, _ in step)]
+    return [
+        [r for p, r in step if p == prompt] for step in history if any(p == prompt for p, _ in step)
+    ]
 
 
 @settings(max_examples=80, deadline=None)

@@ -50,15 +50,21 @@ def test_expand_products_dedupes_and_hashes(grid):
     assert plan.experiments == {"equal budget": 4, "double budget": 4}
     assert plan.duplicates == 2 and len(plan.runs) == 6
     labels = {(r.config.method, r.config.budget, r.config.seed) for r in plan.runs}
-    assert labels == {(m, b, s) for s in (0, 1) for m, b in
-                      (("uniform", 256), ("uniform:scale_by_std=false", 256), ("uniform", 512))}
+    assert labels == {
+        (m, b, s)
+        for s in (0, 1)
+        for m, b in (("uniform", 256), ("uniform:scale_by_std=false", 256), ("uniform", 512))
+    }
     for r in plan.runs:
         assert r.config.steps == 6 and r.config.prompts_per_step == 32
         assert r.config_hash == config_hash(resolve(r.config))
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "bench" / "grids")
-                                        .glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parents[1] / "bench" / "grids").glob("*.toml")),
+    ids=lambda p: p.name,
+)
 def test_shipped_grids_expand(path):
     plan = load_grid(path)
     assert plan.runs and all(r.config.steps >= 1 for r in plan.runs)
@@ -67,26 +73,35 @@ def test_shipped_grids_expand(path):
 def test_grid_lists_and_defaults():
     plan = expand({"sweep": {"methods": "uniform", "seeds": [3, 7], "steps": [5, 10]}})
     assert sorted((r.config.seed, r.config.steps) for r in plan.runs) == [
-        (3, 5), (3, 10), (7, 5), (7, 10)]
+        (3, 5),
+        (3, 10),
+        (7, 5),
+        (7, 10),
+    ]
     assert all(r.config.budget == SimConfig().budget for r in plan.runs)
     plan = expand({"sweep": {"method": "uniform", "seeds": "10-12"}})
     assert [r.config.seed for r in plan.runs] == [10, 11, 12]
 
 
-@pytest.mark.parametrize("grid, words", [
-    ({"sweep": {"methods": "uniform", "bogus": 1}}, "unknown key 'bogus'"),
-    ({"sweep": {"methods": "nope"}}, "unknown method 'nope'"),
-    ({"sweep": {"methods": [{"preset": "x"}]}}, "needs name"),
-    ({"sweep": {"methods": "uniform:eps=abc"}}, "expects float"),
-    ({"sweep": {"methods": "uniform", "scenarios": "nope"}}, "unknown scenario 'nope'"),
-    ({"sweep": {"methods": "uniform", "budgets": 10, "prompts_per_step": 32}},
-     "below uniform's minimum"),
-    ({"sweep": {"methods": "uniform", "steps": 0}}, "steps must be integers >= 1"),
-    ({"sweep": {"methods": "uniform", "seeds": "x"}}, "bad seeds"),
-    ({"sweep": {"methods": "uniform", "budgets": []}}, "budgets is an empty list"),
-    ({"sweep": {"seeds": 2}}, "no methods"),
-    ({"sweeps": {}}, "unknown table 'sweeps'"),
-])
+@pytest.mark.parametrize(
+    "grid, words",
+    [
+        ({"sweep": {"methods": "uniform", "bogus": 1}}, "unknown key 'bogus'"),
+        ({"sweep": {"methods": "nope"}}, "unknown method 'nope'"),
+        ({"sweep": {"methods": [{"preset": "x"}]}}, "needs name"),
+        ({"sweep": {"methods": "uniform:eps=abc"}}, "expects float"),
+        ({"sweep": {"methods": "uniform", "scenarios": "nope"}}, "unknown scenario 'nope'"),
+        (
+            {"sweep": {"methods": "uniform", "budgets": 10, "prompts_per_step": 32}},
+            "below uniform's minimum",
+        ),
+        ({"sweep": {"methods": "uniform", "steps": 0}}, "steps must be integers >= 1"),
+        ({"sweep": {"methods": "uniform", "seeds": "x"}}, "bad seeds"),
+        ({"sweep": {"methods": "uniform", "budgets": []}}, "budgets is an empty list"),
+        ({"sweep": {"seeds": 2}}, "no methods"),
+        ({"sweeps": {}}, "unknown table 'sweeps'"),
+    ],
+)
 def test_bad_grids(grid, words):
     with pytest.raises(GridError, match=words):
         expand(grid)
@@ -124,8 +139,9 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, grid):
 
 
 def _sweep(tmp_path, *args, out="results", runs="runs"):
-    return CliRunner().invoke(main, ["sweep", *args, "--out", str(tmp_path / out),
-                                     "--runs-dir", str(tmp_path / runs)])
+    return CliRunner().invoke(
+        main, ["sweep", *args, "--out", str(tmp_path / out), "--runs-dir", str(tmp_path / runs)]
+    )
 
 
 def test_cli_max_runs_then_resume(tmp_path, grid):
@@ -147,15 +163,18 @@ def test_cli_max_runs_then_resume(tmp_path, grid):
 def test_ray_backend_writes_the_same_rows_as_the_process_pool(tmp_path, grid):
     pytest.importorskip("ray")
     a = _sweep(tmp_path, str(grid), "--workers", "2", out="pool", runs="pool-runs")
-    b = _sweep(tmp_path, str(grid), "--backend", "ray", "--workers", "2", out="ray",
-               runs="ray-runs")
+    b = _sweep(
+        tmp_path, str(grid), "--backend", "ray", "--workers", "2", out="ray", runs="ray-runs"
+    )
     assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
     assert "local Ray, 2 CPUs" in b.output
     da = _rows(tmp_path / "pool").drop(columns=VOLATILE)
     db = _rows(tmp_path / "ray").drop(columns=VOLATILE)
     assert len(da) == 6
-    pd.testing.assert_frame_equal(da.sort_values("config_hash").reset_index(drop=True),
-                                  db.sort_values("config_hash").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        da.sort_values("config_hash").reset_index(drop=True),
+        db.sort_values("config_hash").reset_index(drop=True),
+    )
     assert len(list((tmp_path / "ray-runs").iterdir())) == 6
 
 
@@ -181,6 +200,7 @@ def test_cli_bad_input_exit_2(tmp_path, grid, monkeypatch):
     (tmp_path / "results" / "simulate_leaderboard.csv").unlink()
     # Ray not installed: one line naming the install command, nothing run
     import builtins
+
     real_import = builtins.__import__
 
     def no_ray(name, *a, **k):

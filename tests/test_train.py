@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 for _module in ("torch", "transformers"):
-    pytest.importorskip(_module, reason="the bench train tests need the train extra: "
-                                        "pip install -e '.[train]'")
+    pytest.importorskip(
+        _module, reason="the bench train tests need the train extra: pip install -e '.[train]'"
+    )
 import torch
 
 from allocators.advantages import group_normalized
@@ -42,9 +43,16 @@ def tiny_model(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -60,7 +68,7 @@ def seq_logprob(model, prompt, response) -> float:
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float() / FP32.temperature, -1)
     tgt = ids[0, 1:]
     lp = logp[torch.arange(tgt.numel()), tgt]
-    return float(lp[len(prompt) - 1:].sum())
+    return float(lp[len(prompt) - 1 :].sum())
 
 
 class ScriptedBackend:
@@ -118,16 +126,25 @@ def test_verifiers_are_binary_and_exact():
 def test_one_update_raises_rewarded_and_lowers_unrewarded_logprobs(smol):
     path, tok = smol
     model = load_model(path)
-    prompt = encode_prompts(tok, ["State the final answer to the following arithmetic "
-                                  "problem: 3 + 4 ="])[0]
+    prompt = encode_prompts(
+        tok, ["State the final answer to the following arithmetic problem: 3 + 4 ="]
+    )[0]
     texts = ["The answer is 7.", "7", "The answer is 9.", "I am not sure, maybe 12."]
     responses = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
     rewards = np.array([1.0, 1.0, 0.0, 0.0])
     adv = group_normalized(np.zeros(4, np.int64), rewards, 1)
     before = [seq_logprob(model, prompt, r) for r in responses]
-    cfg = GRPOConfig(lr=3e-6, autocast_bf16=False)      # AdamW, as the trainer runs it
-    stats = grpo_update(model, make_optimizer(model, cfg), [prompt] * 4, responses, adv,
-                        np.ones(4), cfg, tok.pad_token_id)
+    cfg = GRPOConfig(lr=3e-6, autocast_bf16=False)  # AdamW, as the trainer runs it
+    stats = grpo_update(
+        model,
+        make_optimizer(model, cfg),
+        [prompt] * 4,
+        responses,
+        adv,
+        np.ones(4),
+        cfg,
+        tok.pad_token_id,
+    )
     after = [seq_logprob(model, prompt, r) for r in responses]
     assert stats["optimizer_steps"] == 1 and stats["grad_norm"] > 0
     assert after[0] > before[0] and after[1] > before[1]
@@ -135,8 +152,12 @@ def test_one_update_raises_rewarded_and_lowers_unrewarded_logprobs(smol):
 
 
 def _grads(model):
-    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
-                      for p in model.parameters()])
+    return torch.cat(
+        [
+            p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+            for p in model.parameters()
+        ]
+    )
 
 
 def test_zero_variance_group_contributes_no_gradient():
@@ -144,21 +165,21 @@ def test_zero_variance_group_contributes_no_gradient():
     prompts = [[1, 2, 3]] * 6
     responses = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [5, 6], [7], [9, 9, 9]]
     group = np.array([0, 0, 0, 1, 1, 1])
-    rewards = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])       # group 1: all correct
+    rewards = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # group 1: all correct
     adv = group_normalized(group, rewards, 2)
     assert np.all(adv[3:] == 0) and np.any(adv[:3] != 0)
     w = np.ones(6)
     cfg = GRPOConfig(autocast_bf16=False)
     # the zero-variance group alone, run through the model: exactly zero gradient
     model.zero_grad()
-    accumulate_gradients(model, prompts, responses, adv, w, np.arange(3, 6), cfg, 0,
-                         skip_zero=False)
+    accumulate_gradients(
+        model, prompts, responses, adv, w, np.arange(3, 6), cfg, 0, skip_zero=False
+    )
     assert torch.count_nonzero(_grads(model)) == 0
     # with the mixed group: the same gradient as the mixed group alone, rescaled only by the
     # token-mean normaliser (the zero-variance group's tokens count in it)
     model.zero_grad()
-    accumulate_gradients(model, prompts, responses, adv, w, np.arange(6), cfg, 0,
-                         skip_zero=False)
+    accumulate_gradients(model, prompts, responses, adv, w, np.arange(6), cfg, 0, skip_zero=False)
     both = _grads(model).clone()
     model.zero_grad()
     accumulate_gradients(model, prompts, responses, adv, w, np.arange(3), cfg, 0)
@@ -177,10 +198,11 @@ def test_clip_bounds_the_ratio_with_several_mini_batches():
     responses = [[4 + k, 5, 6] for k in range(8)]
     adv = np.array([1.0, -1.0] * 4)
     cfg = GRPOConfig(lr=5e-2, mini_batches=4, micro_batch_size=2, autocast_bf16=False)
-    stats = grpo_update(model, make_optimizer(model, cfg), prompts, responses, adv, np.ones(8),
-                        cfg, 0)
+    stats = grpo_update(
+        model, make_optimizer(model, cfg), prompts, responses, adv, np.ones(8), cfg, 0
+    )
     assert stats["optimizer_steps"] == 4
-    assert 0 < stats["clip_frac"] <= 1      # big steps: later mini-batches hit the clip
+    assert 0 < stats["clip_frac"] <= 1  # big steps: later mini-batches hit the clip
 
 
 @pytest.mark.parametrize("method", [*sorted(METHODS), "cropi:score=random"])
@@ -189,7 +211,7 @@ def test_every_method_trains_on_variable_groups(smol, method):
     samples, advantages and weights, whatever the group sizes."""
     try:
         check_config(TrainConfig(method=method))
-    except ValueError as exc:               # CROPI's influence score needs learner gradients
+    except ValueError as exc:  # CROPI's influence score needs learner gradients
         assert method == "cropi" and "score=random" in str(exc)
         return
     path, tok = smol
@@ -212,7 +234,7 @@ def test_every_method_trains_on_variable_groups(smol, method):
         idx = result.train.index
         assert len(responses) == idx.size and np.array_equal(adv, result.train.advantages)
         assert np.array_equal(w, result.train.weights)
-        for k, i in enumerate(idx):       # the trained response is the generated one
+        for k, i in enumerate(idx):  # the trained response is the generated one
             assert responses[k] == s.tokens[i]
             assert prompts[k] == source.prompt_tokens[s.prompt_ids[i]]
         assert np.array_equal(s.lengths, [len(e) for e in s.tokens])
@@ -222,12 +244,19 @@ def test_every_method_trains_on_variable_groups(smol, method):
             want = group_normalized(s.group, s.rewards, result.prompt_ids.size)
             assert np.allclose(adv, want)
         cfg = GRPOConfig(autocast_bf16=False, micro_batch_size=8)
-        stats = grpo_update(model, make_optimizer(model, cfg),
-                            [[min(x, 39) for x in p] for p in prompts],
-                            [[min(x, 39) for x in r] for r in responses], adv, w, cfg, 0)
+        stats = grpo_update(
+            model,
+            make_optimizer(model, cfg),
+            [[min(x, 39) for x in p] for p in prompts],
+            [[min(x, 39) for x in r] for r in responses],
+            adv,
+            w,
+            cfg,
+            0,
+        )
         assert np.isfinite(stats["pg_loss"]) and np.isfinite(stats["grad_norm"])
         alloc.observe(result)
-    if method == "gvm":                   # revisited prompts get allocations by their history
+    if method == "gvm":  # revisited prompts get allocations by their history
         assert sizes_differ
 
 
@@ -241,7 +270,7 @@ def test_uneven_groups_get_group_normalised_advantages(smol):
     rng = np.random.default_rng(0)
     alloc.reset(8, rng)
     source.begin_step(0)
-    result = alloc.step(Step(0, PromptStream(8, rng), source, 11, 3))   # 4, 4, 3
+    result = alloc.step(Step(0, PromptStream(8, rng), source, 11, 3))  # 4, 4, 3
     s = result.samples
     assert list(np.bincount(s.group)) == [4, 4, 3]
     for g in range(3):
@@ -253,9 +282,19 @@ def test_uneven_groups_get_group_normalised_advantages(smol):
 # --------------------------------------------------------------------------------------------
 # the run: resume reproduces, rows and folders
 # --------------------------------------------------------------------------------------------
-RESUME = TrainConfig(steps=3, budget=8, prompts_per_step=4, train_prompts=16, test_prompts=4,
-                     eval_every=3, max_new_tokens=8, checkpoint_every=10, seed=5,
-                     method="uniform", grpo=GRPOConfig(lr=1e-4))
+RESUME = TrainConfig(
+    steps=3,
+    budget=8,
+    prompts_per_step=4,
+    train_prompts=16,
+    test_prompts=4,
+    eval_every=3,
+    max_new_tokens=8,
+    checkpoint_every=10,
+    seed=5,
+    method="uniform",
+    grpo=GRPOConfig(lr=1e-4),
+)
 
 
 def test_resume_after_interruption_reproduces_the_next_step(tmp_path, smol):
@@ -268,10 +307,19 @@ def test_resume_after_interruption_reproduces_the_next_step(tmp_path, smol):
 
     with pytest.raises(Interrupted) as info:
         run_training(RESUME, tmp_path / "cut", should_stop=stop_after_two)
-    assert info.value.progress.done == 2 and (tmp_path / "cut" / "checkpoint" / "state.pt").is_file()
+    assert (
+        info.value.progress.done == 2 and (tmp_path / "cut" / "checkpoint" / "state.pt").is_file()
+    )
     resumed = run_training(RESUME, tmp_path / "cut", resume=True)
-    cols = ["rollouts", "tokens", "train_reward", "effective_grad_ratio", "pg_loss", "grad_norm",
-            "cum_tokens"]
+    cols = [
+        "rollouts",
+        "tokens",
+        "train_reward",
+        "effective_grad_ratio",
+        "pg_loss",
+        "grad_norm",
+        "cum_tokens",
+    ]
     pd.testing.assert_frame_equal(full.steps[cols], resumed.steps[cols])
     pd.testing.assert_frame_equal(full.evals, resumed.evals)
     for k in ("final_test_accuracy", "rollouts", "tokens", "final_train_reward"):
@@ -279,13 +327,32 @@ def test_resume_after_interruption_reproduces_the_next_step(tmp_path, smol):
 
 
 def cli(args, tmp_path):
-    return CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "results"),
-                                     "--runs-dir", str(tmp_path / "runs")])
+    return CliRunner().invoke(
+        main,
+        ["train", *args, "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")],
+    )
 
 
 def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
-    r = cli(["--steps", "1", "--budget", "4", "--prompts-per-step", "2", "--train-prompts",
-             "8", "--test-prompts", "2", "--max-new-tokens", "4", "--eval-every", "1"], tmp_path)
+    r = cli(
+        [
+            "--steps",
+            "1",
+            "--budget",
+            "4",
+            "--prompts-per-step",
+            "2",
+            "--train-prompts",
+            "8",
+            "--test-prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--eval-every",
+            "1",
+        ],
+        tmp_path,
+    )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "results" / "train_leaderboard.csv")
     assert list(df.columns) == LEADERBOARD_COLUMNS and len(df) == 1
@@ -293,26 +360,62 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
     assert row["mode"] == "train" and row["scenario"] == "chain-sum"
     assert row["model"] == "smollm2-135m" and row["method"] == "uniform" and row["rollouts"] == 4
     folder = tmp_path / "runs" / row["run_id"]
-    assert {p.name for p in folder.iterdir()} == {"config.json", "steps.csv", "evals.csv",
-                                                   "allocation.csv"}
-    r = CliRunner().invoke(main, ["train", "--resume", row["run_id"], "--runs-dir",
-                                  str(tmp_path / "runs")])
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json",
+        "steps.csv",
+        "evals.csv",
+        "allocation.csv",
+    }
+    r = CliRunner().invoke(
+        main, ["train", "--resume", row["run_id"], "--runs-dir", str(tmp_path / "runs")]
+    )
     assert r.exit_code == 2 and "no checkpoint" in r.output
     # the simulator writes the same schemas: leaderboard header, run-folder files and columns
-    r = CliRunner().invoke(main, ["simulate", "--methods", "uniform", "--seeds", "1", "--steps",
-                                  "2", "--budget", "64", "--prompts-per-step", "8",
-                                  "--eval-every", "1", "--workers", "1",
-                                  "--out", str(tmp_path / "results"),
-                                  "--runs-dir", str(tmp_path / "runs")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--methods",
+            "uniform",
+            "--seeds",
+            "1",
+            "--steps",
+            "2",
+            "--budget",
+            "64",
+            "--prompts-per-step",
+            "8",
+            "--eval-every",
+            "1",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "results"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     sim = pd.read_csv(tmp_path / "results" / "simulate_leaderboard.csv")
     assert list(sim.columns) == list(df.columns)
     sim_folder = tmp_path / "runs" / sim.iloc[0]["run_id"]
     for name in ("steps.csv", "evals.csv", "allocation.csv"):
-        assert list(pd.read_csv(sim_folder / name).columns) == \
-            list(pd.read_csv(folder / name).columns), name
-    common = {"mode", "method", "method_name", "method_config", "seed", "budget",
-              "prompts_per_step", "steps", "eval_every", "config_hash", "summary"}
+        assert list(pd.read_csv(sim_folder / name).columns) == list(
+            pd.read_csv(folder / name).columns
+        ), name
+    common = {
+        "mode",
+        "method",
+        "method_name",
+        "method_config",
+        "seed",
+        "budget",
+        "prompts_per_step",
+        "steps",
+        "eval_every",
+        "config_hash",
+        "summary",
+    }
     for f in (folder, sim_folder):
         assert common <= set(json.loads((f / "config.json").read_text()))
 
@@ -329,15 +432,20 @@ def _one_error_line(r, *words):
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, monkeypatch):
-    _one_error_line(cli(["--dataset", str(tmp_path / "nope.jsonl")], tmp_path),
-                    "nope.jsonl", "does not exist")
+    _one_error_line(
+        cli(["--dataset", str(tmp_path / "nope.jsonl")], tmp_path), "nope.jsonl", "does not exist"
+    )
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "1+1?", "solution_text": "2"}\n' * 10)
     _one_error_line(cli(["--dataset", str(bad)], tmp_path), "no answer field", "--answer-field")
-    _one_error_line(cli(["--dataset", str(bad), "--answer-field", "gold"], tmp_path),
-                    "no answer field 'gold'")
-    _one_error_line(cli(["--model", str(tmp_path / "no-such-model")], tmp_path),
-                    "no-such-model", "neither a local folder")
+    _one_error_line(
+        cli(["--dataset", str(bad), "--answer-field", "gold"], tmp_path), "no answer field 'gold'"
+    )
+    _one_error_line(
+        cli(["--model", str(tmp_path / "no-such-model")], tmp_path),
+        "no-such-model",
+        "neither a local folder",
+    )
     _one_error_line(cli(["--model", "someone/not-cached-model"], tmp_path), "not-cached-model")
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)
     _one_error_line(cli(["--backend", "vllm"], tmp_path), "vLLM", "pip install")
@@ -371,8 +479,10 @@ def test_source_reports_answers_as_the_simulator_does(smol):
 
         def generate(self, prompts, counts, params, seed):
             said = [gold[0], gold[0] + 1, gold[0] + 2, gold[0] + 1, None, gold[1] + 5, gold[1]]
-            return [tok("I think nothing." if a is None else f"The answer is {a}.")["input_ids"]
-                    for a in said]
+            return [
+                tok("I think nothing." if a is None else f"The answer is {a}.")["input_ids"]
+                for a in said
+            ]
 
     source = ModelSource(Fixed(), tok, task, GenParams(8), seed=0)
     source.begin_step(0)

@@ -28,14 +28,14 @@ def reference_grpo(groups, rewards, eps=1e-6):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 1.0])), min_size=1,
-                max_size=60))
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 1.0])), min_size=1, max_size=60))
 def test_group_normalized_matches_definition(pairs):
     groups = np.array([g for g, _ in pairs], np.int64)
     rewards = np.array([r for _, r in pairs])
     got = group_normalized(groups, rewards, 6)
-    np.testing.assert_allclose(got, reference_grpo(groups.tolist(), rewards.tolist()),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        got, reference_grpo(groups.tolist(), rewards.tolist()), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_zero_variance_group_has_zero_advantage():
@@ -44,14 +44,17 @@ def test_zero_variance_group_has_zero_advantage():
     adv = group_normalized(groups, rewards, 2)
     assert np.all(adv[:3] == 0.0)
     # one success in three: mean 1/3, unbiased std 0.57735
-    np.testing.assert_allclose(adv[3:], np.array([-1 / 3, 2 / 3, -1 / 3]) / (0.5773502691896258 + 1e-6))
+    np.testing.assert_allclose(
+        adv[3:], np.array([-1 / 3, 2 / 3, -1 / 3]) / (0.5773502691896258 + 1e-6)
+    )
 
 
 def test_without_std_scaling_is_mean_centred():
     groups = np.array([0, 0, 0, 0])
     rewards = np.array([1.0, 0.0, 0.0, 0.0])
-    np.testing.assert_allclose(group_normalized(groups, rewards, 1, scale_by_std=False),
-                               [0.75, -0.25, -0.25, -0.25])
+    np.testing.assert_allclose(
+        group_normalized(groups, rewards, 1, scale_by_std=False), [0.75, -0.25, -0.25, -0.25]
+    )
 
 
 def test_clip():
@@ -71,8 +74,9 @@ def test_uniform_gives_n_each_and_trains_everything(harness):
     r = h.step(alloc)
     assert np.all(r.counts.generated == 8)
     assert r.train.index.size == 8 * 64 and np.all(r.train.weights == 1.0)
-    np.testing.assert_allclose(r.train.advantages,
-                               reference_grpo(r.samples.group.tolist(), r.samples.rewards.tolist()))
+    np.testing.assert_allclose(
+        r.train.advantages, reference_grpo(r.samples.group.tolist(), r.samples.rewards.tolist())
+    )
 
 
 def test_uniform_spreads_a_remainder_to_the_first_prompts(harness):

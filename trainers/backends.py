@@ -42,14 +42,20 @@ class GenParams:
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model, eos_id: int, pad_id: int, dtype: torch.dtype = torch.float32,
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        model,
+        eos_id: int,
+        pad_id: int,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 64,
+    ):
         self.eos_id = int(eos_id)
         self.pad_id = int(pad_id)
         self.dtype = dtype
         self.batch_size = int(batch_size)
         if dtype == next(model.parameters()).dtype:
-            self.model = model                   # shares the training weights: sync is a no-op
+            self.model = model  # shares the training weights: sync is a no-op
         else:
             self.model = copy.deepcopy(model).to(dtype)
         self.model.eval()
@@ -63,32 +69,44 @@ class TransformersBackend:
                 dst.copy_(src)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], counts, params: GenParams, seed: int
-                 ) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], counts, params: GenParams, seed: int
+    ) -> list[list[int]]:
         flat = [p for p, c in zip(prompts, counts) for _ in range(int(c))]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
         out: list[list[int] | None] = [None] * len(flat)
         gen = torch.Generator().manual_seed(int(seed) % (2**63))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             width = max(len(flat[i]) for i in idx)
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):                       # left padding
-                ids[row, width - len(flat[i]):] = torch.tensor(flat[i], dtype=torch.long)
-                attn[row, width - len(flat[i]):] = 1
+            for row, i in enumerate(idx):  # left padding
+                ids[row, width - len(flat[i]) :] = torch.tensor(flat[i], dtype=torch.long)
+                attn[row, width - len(flat[i]) :] = 1
             # HF generate draws from torch's global generator: seed it from ours, restore after.
             state = torch.get_rng_state()
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
             try:
-                kw = ({"do_sample": False} if params.greedy else
-                      {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
-                       "top_k": 0})
+                kw = (
+                    {"do_sample": False}
+                    if params.greedy
+                    else {
+                        "do_sample": True,
+                        "temperature": params.temperature,
+                        "top_p": params.top_p,
+                        "top_k": 0,
+                    }
+                )
                 dev = next(self.model.parameters()).device
-                seqs = self.model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
-                                           max_new_tokens=params.max_new_tokens,
-                                           eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-                                           **kw)
+                seqs = self.model.generate(
+                    input_ids=ids.to(dev),
+                    attention_mask=attn.to(dev),
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=self.eos_id,
+                    pad_token_id=self.pad_id,
+                    **kw,
+                )
             finally:
                 torch.set_rng_state(state)
             new = seqs[:, width:].cpu().tolist()
@@ -103,21 +121,34 @@ class TransformersBackend:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_path: str, seed: int, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        seed: int,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int | None = None,
+    ):
         try:
             import vllm
         except ImportError:
-            raise BackendError(f"--backend vllm needs vLLM, which is not installed: {VLLM_HINT}") from None
+            raise BackendError(
+                f"--backend vllm needs vLLM, which is not installed: {VLLM_HINT}"
+            ) from None
         self._vllm = vllm
         kw = {"max_model_len": max_model_len} if max_model_len else {}
-        self.llm = vllm.LLM(model=model_path, dtype=dtype, seed=int(seed),
-                            gpu_memory_utilization=gpu_memory_utilization,
-                            enable_prefix_caching=True, **kw)
+        self.llm = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=int(seed),
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+            **kw,
+        )
 
     def sync(self, model) -> None:
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]
-        if hasattr(self.llm, "apply_model"):                    # vLLM >= 0.9
+        if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9
             self.llm.apply_model(lambda m: m.load_weights(weights))
         else:
             runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
@@ -125,8 +156,9 @@ class VLLMBackend:
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[list[int]], counts, params: GenParams, seed: int
-                 ) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], counts, params: GenParams, seed: int
+    ) -> list[list[int]]:
         sp = self._vllm.SamplingParams
         reqs, sps = [], []
         for p, c in zip(prompts, counts):
@@ -136,8 +168,14 @@ class VLLMBackend:
             if params.greedy:
                 sps.append(sp(n=int(c), temperature=0.0, max_tokens=params.max_new_tokens))
             else:
-                sps.append(sp(n=int(c), temperature=params.temperature, top_p=params.top_p,
-                              max_tokens=params.max_new_tokens))
+                sps.append(
+                    sp(
+                        n=int(c),
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        max_tokens=params.max_new_tokens,
+                    )
+                )
         outs = self.llm.generate(reqs, sps, use_tqdm=False)
         return [list(c.token_ids) for o in outs for c in o.outputs]
 

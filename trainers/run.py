@@ -50,24 +50,24 @@ from trainers.tasks import CHAIN_SUM, TASKS, Task, TaskError, chain_sum, dataset
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = CHAIN_SUM            # embedded task name; ignored when dataset is set
-    dataset: str | None = None       # JSONL/parquet with prompt + gold answer
+    task: str = CHAIN_SUM  # embedded task name; ignored when dataset is set
+    dataset: str | None = None  # JSONL/parquet with prompt + gold answer
     test_dataset: str | None = None
     prompt_field: str | None = None
     answer_field: str | None = None
-    train_prompts: int = 64          # embedded task: training prompts (dataset: cap, 0 = all)
+    train_prompts: int = 64  # embedded task: training prompts (dataset: cap, 0 = all)
     test_prompts: int = 64
     model: str = EMBEDDED
     method: str = "uniform"
     seed: int = 0
     steps: int = 30
-    budget: int = 64                 # rollouts per step
+    budget: int = 64  # rollouts per step
     prompts_per_step: int = 8
     eval_every: int = 10
     target_accuracy: float = 0.3
     backend: str = "transformers"
-    gen_dtype: str = "auto"          # auto | bf16 | fp32 (transformers backend)
-    train_dtype: str = "auto"        # auto | bf16 (autocast, fp32 weights) | fp32
+    gen_dtype: str = "auto"  # auto | bf16 | fp32 (transformers backend)
+    train_dtype: str = "auto"  # auto | bf16 (autocast, fp32 weights) | fp32
     gen_batch_size: int = 128
     max_new_tokens: int = 32
     top_p: float = 1.0
@@ -97,8 +97,15 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 def build_task(cfg: TrainConfig) -> Task:
     if cfg.dataset:
-        return dataset_task(cfg.dataset, cfg.test_dataset, cfg.seed, cfg.test_prompts,
-                            cfg.prompt_field, cfg.answer_field, cfg.train_prompts or None)
+        return dataset_task(
+            cfg.dataset,
+            cfg.test_dataset,
+            cfg.seed,
+            cfg.test_prompts,
+            cfg.prompt_field,
+            cfg.answer_field,
+            cfg.train_prompts or None,
+        )
     if cfg.task == CHAIN_SUM:
         return chain_sum(cfg.seed, cfg.train_prompts, cfg.test_prompts)
     raise TaskError(f"unknown task {cfg.task!r} (tasks: {', '.join(TASKS)}; or give --dataset)")
@@ -122,19 +129,37 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
 def identity(cfg: TrainConfig) -> dict:
     """The run's leaderboard identity columns (``frozen``: learning rate 0)."""
     spec = cfg.spec()
-    return {"mode": "train", "scenario": cfg.task_name, "model": cfg.model,
-            "method": spec.label, "method_name": spec.name, "seed": cfg.seed,
-            "budget": cfg.budget, "prompts_per_step": cfg.prompts_per_step, "steps": cfg.steps,
-            "eval_every": cfg.eval_every, "frozen": cfg.grpo.lr == 0}
+    return {
+        "mode": "train",
+        "scenario": cfg.task_name,
+        "model": cfg.model,
+        "method": spec.label,
+        "method_name": spec.name,
+        "seed": cfg.seed,
+        "budget": cfg.budget,
+        "prompts_per_step": cfg.prompts_per_step,
+        "steps": cfg.steps,
+        "eval_every": cfg.eval_every,
+        "frozen": cfg.grpo.lr == 0,
+    }
 
 
-def resolved_config(cfg: TrainConfig, task: Task, model_path: str, gen_dtype: str,
-                    train_dtype: str) -> dict:
+def resolved_config(
+    cfg: TrainConfig, task: Task, model_path: str, gen_dtype: str, train_dtype: str
+) -> dict:
     spec = cfg.spec()
-    return {"mode": "train", **cfg.to_dict(), "method": spec.label, "method_name": spec.name,
-            "method_config": asdict(spec.build().config), "task_config": task.describe(),
-            "task_name": cfg.task_name, "model_path": model_path,
-            "gen_dtype_resolved": gen_dtype, "train_dtype_resolved": train_dtype}
+    return {
+        "mode": "train",
+        **cfg.to_dict(),
+        "method": spec.label,
+        "method_name": spec.name,
+        "method_config": asdict(spec.build().config),
+        "task_config": task.describe(),
+        "task_name": cfg.task_name,
+        "model_path": model_path,
+        "gen_dtype_resolved": gen_dtype,
+        "train_dtype_resolved": train_dtype,
+    }
 
 
 class _Policy:
@@ -173,13 +198,14 @@ class _Policy:
         eos = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         if cfg.backend == "vllm":
-            self.backend = VLLMBackend(self.path, cfg.seed,
-                                       "bfloat16" if want == "bf16" else "float32")
+            self.backend = VLLMBackend(
+                self.path, cfg.seed, "bfloat16" if want == "bf16" else "float32"
+            )
         else:
             dtype = torch.bfloat16 if want == "bf16" else torch.float32
-            self.backend = TransformersBackend(self.model, eos, self.pad_id, dtype,
-                                               cfg.gen_batch_size)
-
+            self.backend = TransformersBackend(
+                self.model, eos, self.pad_id, dtype, cfg.gen_batch_size
+            )
 
 
 class PolicyLearner:
@@ -198,8 +224,9 @@ class PolicyLearner:
 
         p = self.policy
         prompts, responses, adv, weights = train_inputs(result, self.source.prompt_tokens)
-        upd = grpo_update(p.model, p.optimizer, prompts, responses, adv, weights, p.grpo,
-                          p.pad_id, p.ref)
+        upd = grpo_update(
+            p.model, p.optimizer, prompts, responses, adv, weights, p.grpo, p.pad_id, p.ref
+        )
         p.backend.sync(p.model)
         observed_rate_histogram(result, self.hist_prompts, self.hist_rollouts)
         return {k: upd[k] for k in LEARN_STATS}
@@ -228,10 +255,13 @@ def train_inputs(result: StepResult, prompt_tokens: list[list[int]]):
     return prompts, responses, np.asarray(train.advantages), np.asarray(train.weights)
 
 
-def run_training(cfg: TrainConfig, run_dir: str | Path,
-                 progress: Callable[[int, dict], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 resume: bool = False) -> RunOutput:
+def run_training(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    progress: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: bool = False,
+) -> RunOutput:
     """Train ``cfg`` (or continue the checkpoint in ``run_dir`` when ``resume``).
 
     ``progress(steps_done, row)`` is called after every step with the step's row (metrics,
@@ -248,8 +278,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
     check_config(cfg)
     task = build_task(cfg)
     if cfg.prompts_per_step > len(task.train_prompts):
-        raise SettingsError(f"{cfg.prompts_per_step} prompts per step but the task has only "
-                            f"{len(task.train_prompts)} training prompts")
+        raise SettingsError(
+            f"{cfg.prompts_per_step} prompts per step but the task has only "
+            f"{len(task.train_prompts)} training prompts"
+        )
     policy = _Policy(cfg)
     config = resolved_config(cfg, task, policy.path, policy.gen_dtype, policy.train_dtype)
     params = GenParams(cfg.max_new_tokens, cfg.grpo.temperature, cfg.top_p)
@@ -260,8 +292,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
     alloc_rng = np.random.default_rng([cfg.seed, 3])
     allocator = cfg.spec().build()
     allocator.reset(n_prompts, alloc_rng)
-    schedule = Schedule(cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every,
-                        cfg.target_accuracy)
+    schedule = Schedule(
+        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, cfg.target_accuracy
+    )
 
     start = None
     if resume:
@@ -279,23 +312,41 @@ def run_training(cfg: TrainConfig, run_dir: str | Path,
         policy.backend.sync(policy.model)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True,
-                                                        default=str))
+        (run_dir / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True, default=str)
+        )
 
     def checkpoint(prog: Progress) -> None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {"config": cfg.to_dict(), "step": prog.done, "progress": asdict(prog),
-                 "model": policy.model.state_dict(), "optimizer": policy.optimizer.state_dict(),
-                 "allocator": allocator.state_dict(), "stream": stream.state_dict(),
-                 "stream_rng": stream.rng.bit_generator.state,
-                 "alloc_rng": alloc_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "hist": (learner.hist_prompts.copy(), learner.hist_rollouts.copy())}
+        state = {
+            "config": cfg.to_dict(),
+            "step": prog.done,
+            "progress": asdict(prog),
+            "model": policy.model.state_dict(),
+            "optimizer": policy.optimizer.state_dict(),
+            "allocator": allocator.state_dict(),
+            "stream": stream.state_dict(),
+            "stream_rng": stream.rng.bit_generator.state,
+            "alloc_rng": alloc_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "hist": (learner.hist_prompts.copy(), learner.hist_rollouts.copy()),
+        }
         tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, ckpt_dir / "state.pt")
 
-    prog, _ = run(allocator, source, learner, stream, schedule, start, progress, should_stop,
-                  checkpoint, cfg.checkpoint_every)
+    prog, _ = run(
+        allocator,
+        source,
+        learner,
+        stream,
+        schedule,
+        start,
+        progress,
+        should_stop,
+        checkpoint,
+        cfg.checkpoint_every,
+    )
     steps, evals, allocation = tables(prog)
     return RunOutput(config, identity(cfg), summarize(prog, schedule), steps, evals, allocation)
 
@@ -311,5 +362,14 @@ def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:
     return TrainConfig.from_dict(state["config"]), int(state["step"])
 
 
-__all__ = ["TrainConfig", "RunOutput", "Interrupted", "run_training", "build_task",
-           "check_config", "load_checkpoint_config", "identity", "replace"]
+__all__ = [
+    "TrainConfig",
+    "RunOutput",
+    "Interrupted",
+    "run_training",
+    "build_task",
+    "check_config",
+    "load_checkpoint_config",
+    "identity",
+    "replace",
+]

@@ -22,8 +22,12 @@ from trainers.tasks import Task
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids of each prompt, through the chat template when the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     return [tokenizer(p)["input_ids"] for p in prompts]
 
@@ -62,16 +66,20 @@ class ModelSource:
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
         prompt_ids = np.asarray(prompt_ids, np.int64)
         counts = np.asarray(counts, np.int64)
-        responses = self.backend.generate([self.prompt_tokens[i] for i in prompt_ids], counts,
-                                          self.params, self._seed())
+        responses = self.backend.generate(
+            [self.prompt_tokens[i] for i in prompt_ids], counts, self.params, self._seed()
+        )
         ids = np.repeat(prompt_ids, counts)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         rewards = self.task.verify(texts, [self.task.train_answers[i] for i in ids])
         lengths = np.array([len(r) for r in responses], np.int64)
-        answers = np.array([self._answer_id(int(i), rw > 0.5, t)
-                            for i, rw, t in zip(ids, rewards, texts)], np.int64)
-        return Samples.from_request(prompt_ids, counts, rewards, lengths, answers=answers,
-                                    tokens=list(responses))
+        answers = np.array(
+            [self._answer_id(int(i), rw > 0.5, t) for i, rw, t in zip(ids, rewards, texts)],
+            np.int64,
+        )
+        return Samples.from_request(
+            prompt_ids, counts, rewards, lengths, answers=answers, tokens=list(responses)
+        )
 
     def test_accuracy(self) -> tuple[float, int]:
         """Greedy accuracy on the held-out test prompts, and the tokens it generated."""

@@ -44,7 +44,7 @@ class Task:
     train_answers: list[str]
     test_prompts: list[str]
     test_answers: list[str]
-    verifier: str = "integer"            # integer | math
+    verifier: str = "integer"  # integer | math
     meta: dict = field(default_factory=dict)
 
     def verify(self, responses: list[str], answers: list[str]) -> np.ndarray:
@@ -63,13 +63,18 @@ class Task:
 
         try:
             parsed = parse(response)
-        except Exception:       # noqa: BLE001  (as in verify_math: odd input has no answer)
+        except Exception:  # noqa: BLE001  (as in verify_math: odd input has no answer)
             return ""
         return str(parsed[0]) if parsed else ""
 
     def describe(self) -> dict:
-        return {"task": self.name, "verifier": self.verifier, "train_prompts":
-                len(self.train_prompts), "test_prompts": len(self.test_prompts), **self.meta}
+        return {
+            "task": self.name,
+            "verifier": self.verifier,
+            "train_prompts": len(self.train_prompts),
+            "test_prompts": len(self.test_prompts),
+            **self.meta,
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,7 +110,7 @@ def verify_math(response: str, gold: str) -> bool:
     gold_text = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
     try:
         return bool(verify(parse(gold_text), parse(response)))
-    except Exception:       # noqa: BLE001  (math-verify can raise on odd input; that is a miss)
+    except Exception:  # noqa: BLE001  (math-verify can raise on odd input; that is a miss)
         return False
 
 
@@ -120,8 +125,12 @@ def verify_math(response: str, gold: str) -> bool:
 CHAIN_SUM_MIX = ((2, 1, 0.5), (3, 1, 0.25), (2, 2, 0.25))
 
 
-def chain_sum(seed: int = 0, num_train: int = 256, num_test: int = 64,
-              mix: tuple[tuple[int, int, float], ...] = CHAIN_SUM_MIX) -> Task:
+def chain_sum(
+    seed: int = 0,
+    num_train: int = 256,
+    num_test: int = 64,
+    mix: tuple[tuple[int, int, float], ...] = CHAIN_SUM_MIX,
+) -> Task:
     """Train and test prompts drawn from the same mix; test prompts are distinct from train
     prompts (same expression never in both)."""
     rng = np.random.default_rng([seed, 101])
@@ -132,7 +141,7 @@ def chain_sum(seed: int = 0, num_train: int = 256, num_test: int = 64,
     while len(prompts) < num_train + num_test:
         terms, digits, _ = mix[int(rng.choice(len(mix), p=weights))]
         lo = 0 if digits == 1 else 10 ** (digits - 1)
-        values = rng.integers(lo, 10 ** digits, size=terms)
+        values = rng.integers(lo, 10**digits, size=terms)
         ops = rng.choice(np.array(["+", "-"]), size=terms - 1)
         result = int(values[0])
         expr = str(int(values[0]))
@@ -144,9 +153,15 @@ def chain_sum(seed: int = 0, num_train: int = 256, num_test: int = 64,
         seen.add(expr)
         prompts.append(f"State the final answer to the following arithmetic problem: {expr} =")
         answers.append(str(result))
-    return Task(CHAIN_SUM, prompts[:num_train], answers[:num_train], prompts[num_train:],
-                answers[num_train:], "integer",
-                {"mix": ",".join(f"{t}x{d}:{w:g}" for t, d, w in mix), "seed": seed})
+    return Task(
+        CHAIN_SUM,
+        prompts[:num_train],
+        answers[:num_train],
+        prompts[num_train:],
+        answers[num_train:],
+        "integer",
+        {"mix": ",".join(f"{t}x{d}:{w:g}" for t, d, w in mix), "seed": seed},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,25 +191,31 @@ def _read_records(path: Path) -> list[dict]:
         try:
             return pd.read_parquet(path).to_dict("records")
         except (ImportError, ValueError, OSError) as exc:
-            raise TaskError(f"cannot read parquet file {path}: {str(exc).splitlines()[0]}") from None
+            raise TaskError(
+                f"cannot read parquet file {path}: {str(exc).splitlines()[0]}"
+            ) from None
     raise TaskError(f"dataset {path} must be .jsonl, .json (one object per line) or .parquet")
 
 
-def _pick(records: list[dict], wanted: str | None, defaults: tuple[str, ...], path: Path,
-          what: str) -> str:
+def _pick(
+    records: list[dict], wanted: str | None, defaults: tuple[str, ...], path: Path, what: str
+) -> str:
     if not records:
         raise TaskError(f"dataset {path} has no rows")
     keys = list(records[0])
     if wanted is not None:
         if wanted not in keys:
-            raise TaskError(f"dataset {path} has no {what} field {wanted!r} (fields: "
-                            f"{', '.join(keys)})")
+            raise TaskError(
+                f"dataset {path} has no {what} field {wanted!r} (fields: {', '.join(keys)})"
+            )
         return wanted
     for k in defaults:
         if k in keys:
             return k
-    raise TaskError(f"dataset {path} has no {what} field (looked for {', '.join(defaults)}; "
-                    f"fields: {', '.join(keys)}; choose one with --{what}-field)")
+    raise TaskError(
+        f"dataset {path} has no {what} field (looked for {', '.join(defaults)}; "
+        f"fields: {', '.join(keys)}; choose one with --{what}-field)"
+    )
 
 
 def _prompt_text(value) -> str:
@@ -210,13 +231,14 @@ def _prompt_text(value) -> str:
 
 
 def _answer_text(value) -> str:
-    if isinstance(value, dict) and "ground_truth" in value:    # verl's reward_model column
+    if isinstance(value, dict) and "ground_truth" in value:  # verl's reward_model column
         value = value["ground_truth"]
     return str(value)
 
 
-def load_records(path: Path, prompt_field: str | None, answer_field: str | None
-                 ) -> tuple[list[str], list[str]]:
+def load_records(
+    path: Path, prompt_field: str | None, answer_field: str | None
+) -> tuple[list[str], list[str]]:
     records = _read_records(path)
     pk = _pick(records, prompt_field, PROMPT_KEYS, path, "prompt")
     ak = _pick(records, answer_field, ANSWER_KEYS + ("reward_model",), path, "answer")
@@ -226,9 +248,15 @@ def load_records(path: Path, prompt_field: str | None, answer_field: str | None
     return [_prompt_text(r[pk]) for r in records], [_answer_text(r[ak]) for r in records]
 
 
-def dataset_task(path: str | Path, test_path: str | Path | None = None, seed: int = 0,
-                 test_size: int = 64, prompt_field: str | None = None,
-                 answer_field: str | None = None, max_train: int | None = None) -> Task:
+def dataset_task(
+    path: str | Path,
+    test_path: str | Path | None = None,
+    seed: int = 0,
+    test_size: int = 64,
+    prompt_field: str | None = None,
+    answer_field: str | None = None,
+    max_train: int | None = None,
+) -> Task:
     path = Path(path)
     prompts, answers = load_records(path, prompt_field, answer_field)
     if test_path is not None:
@@ -238,8 +266,10 @@ def dataset_task(path: str | Path, test_path: str | Path | None = None, seed: in
         if len(prompts) < 2 * test_size:
             test_size = len(prompts) // 4
         if test_size < 1 or len(prompts) - test_size < 2:
-            raise TaskError(f"dataset {path} has {len(prompts)} rows: too few to hold out test "
-                            f"prompts (give --test-dataset)")
+            raise TaskError(
+                f"dataset {path} has {len(prompts)} rows: too few to hold out test "
+                f"prompts (give --test-dataset)"
+            )
         order = np.random.default_rng([seed, 102]).permutation(len(prompts))
         test_idx, train_idx = order[:test_size], np.sort(order[test_size:])
         test_prompts = [prompts[i] for i in test_idx]
@@ -248,5 +278,12 @@ def dataset_task(path: str | Path, test_path: str | Path | None = None, seed: in
         answers = [answers[i] for i in train_idx]
     if max_train is not None:
         prompts, answers = prompts[:max_train], answers[:max_train]
-    return Task(path.stem, prompts, answers, test_prompts, test_answers, "math",
-                {"dataset": str(path), "test_dataset": str(test_path) if test_path else ""})
+    return Task(
+        path.stem,
+        prompts,
+        answers,
+        test_prompts,
+        test_answers,
+        "math",
+        {"dataset": str(path), "test_dataset": str(test_path) if test_path else ""},
+    )

@@ -8,8 +8,15 @@ import pytest
 
 from simulator.run import SimConfig, run_simulation
 
-CFG = SimConfig(scenario="dapo-math", method="uniform", seed=0, steps=500, budget=2048,
-                prompts_per_step=256, eval_every=50)
+CFG = SimConfig(
+    scenario="dapo-math",
+    method="uniform",
+    seed=0,
+    steps=500,
+    budget=2048,
+    prompts_per_step=256,
+    eval_every=50,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
