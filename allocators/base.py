@@ -351,13 +351,15 @@ class Capabilities:
     the method decides its spend (multi-round methods, CROPI's offline pass).
     ``min_rollouts_per_prompt``: a budget below ``prompts_per_step`` times this is refused
     (methods that spend the budget). ``needs``: what the rollout source must provide.
-    ``presets``: named option sets, ``name@preset`` on the command line.
+    ``presets``: named option sets, ``name@preset`` on the command line. ``instead``: what to
+    run where a source lacks ``needs`` (the refusal line names it).
     """
 
     spend: Literal["budget", "own"] = "budget"
     min_rollouts_per_prompt: int = 2
     needs: frozenset[str] = frozenset()
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    instead: str = ""
 
 
 class SettingsError(ValueError):
@@ -388,7 +390,8 @@ def validate(
         if missing:
             raise SettingsError(
                 f"{label} needs {', '.join(missing)} from the rollout source, "
-                f"which this mode does not provide" + allocator.without(frozenset(missing))
+                f"which this mode does not provide"
+                + (f"; use {caps.instead}" if caps.instead else "")
             )
 
 
@@ -425,10 +428,6 @@ class Allocator:
         """What this configured method declares: the class's ``caps``, unless an option changes
         them (a method overrides this then)."""
         return self.caps
-
-    def without(self, missing: frozenset[str]) -> str:
-        """The end of the refusal line when the source lacks ``missing``: how to run without."""
-        return ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:

@@ -233,11 +233,12 @@ class Cropi(Allocator):
 
     def capabilities(self) -> Capabilities:
         if self.needs_gradients:
-            return replace(self.caps, needs=frozenset({"gradients"}))
+            return replace(
+                self.caps,
+                needs=frozenset({"gradients"}),
+                instead="cropi:score=random or cropi:score=difficulty_random",
+            )
         return self.caps
-
-    def without(self, missing: frozenset[str]) -> str:
-        return "; use cropi:score=random or cropi:score=difficulty_random"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:

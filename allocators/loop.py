@@ -66,6 +66,32 @@ class Schedule:
     target_accuracy: float
 
 
+def identity(
+    mode: str,
+    scenario: str,
+    model: str,
+    method: str,
+    method_name: str,
+    seed: int,
+    schedule: Schedule,
+    frozen: bool,
+) -> dict:
+    """A run's leaderboard identity columns, the same in both modes."""
+    return {
+        "mode": mode,
+        "scenario": scenario,
+        "model": model,
+        "method": method,
+        "method_name": method_name,
+        "seed": seed,
+        "budget": schedule.budget,
+        "prompts_per_step": schedule.prompts_per_step,
+        "steps": schedule.steps,
+        "eval_every": schedule.eval_every,
+        "frozen": frozen,
+    }
+
+
 @dataclass
 class Progress:
     """What the loop has recorded so far (a checkpoint holds it)."""
@@ -217,12 +243,26 @@ def summarize(prog: Progress, schedule: Schedule) -> dict:
     }
 
 
-def observed_rate_histogram(result: StepResult, prompts: np.ndarray, rollouts: np.ndarray) -> None:
-    """Add a step's groups to a decile histogram of their observed pass rate in the step (the
-    trainer's view; the simulator bins by the true rate)."""
-    gen = result.counts.generated
-    seen = gen > 0
-    rate = result.counts.successes[seen] / gen[seen]
-    k = np.minimum((rate * HIST_BINS).astype(np.int64), HIST_BINS - 1)
-    np.add.at(prompts, k, 1)
-    np.add.at(rollouts, k, gen[seen])
+class Histogram:
+    """Prompts and rollouts per pass-rate decile, accumulated until ``take`` (a learner's
+    ``take_histogram``). The simulator's kernel adds to the arrays by the true rate;
+    ``add_observed`` adds a step's groups by their observed pass rate (the trainer's view)."""
+
+    def __init__(self) -> None:
+        self.prompts = np.zeros(HIST_BINS, np.int64)
+        self.rollouts = np.zeros(HIST_BINS, np.int64)
+
+    def add_observed(self, result: StepResult) -> None:
+        gen = result.counts.generated
+        seen = gen > 0
+        rate = result.counts.successes[seen] / gen[seen]
+        k = np.minimum((rate * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+        np.add.at(self.prompts, k, 1)
+        np.add.at(self.rollouts, k, gen[seen])
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The counts since the last call, then zero."""
+        out = self.prompts.copy(), self.rollouts.copy()
+        self.prompts[:] = 0
+        self.rollouts[:] = 0
+        return out

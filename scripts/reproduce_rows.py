@@ -19,18 +19,13 @@ from concurrent.futures import ProcessPoolExecutor
 import click
 import pandas as pd
 
-METRICS = [
-    "initial_test_accuracy",
-    "final_test_accuracy",
-    "auc_test_accuracy",
-    "target_accuracy",
-    "rollouts_to_target",
-    "rollouts",
-    "tokens",
-    "train_samples",
-    "final_train_reward",
-    "mean_effective_grad_ratio",
-    "mean_effective_prompt_ratio",
+from bench.results import LEADERBOARD_COLUMNS
+
+# the run's metrics: the leaderboard columns from the initial accuracy to the effective ratios
+METRICS = LEADERBOARD_COLUMNS[
+    LEADERBOARD_COLUMNS.index("initial_test_accuracy") : LEADERBOARD_COLUMNS.index(
+        "solver_seconds_per_step"
+    )
 ]
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from allocators.base import Samples, StepResult
-from allocators.loop import HIST_BINS
+from allocators.loop import Histogram
 from simulator import kernels
 from simulator.scenarios import Scenario, World
 
@@ -32,8 +32,7 @@ class LearningModel:
         self.opt = 1 if scenario.optimizer == "adam" else 0
         self.lr = 0.0 if scenario.frozen else float(scenario.lr)
         self.lr_u = 0.0 if scenario.frozen else float(scenario.memorization_lr)
-        self.hist_prompts = np.zeros(HIST_BINS, np.int64)
-        self.hist_rollouts = np.zeros(HIST_BINS, np.int64)
+        self.hist = Histogram()
 
     def success_rates(self, ids: np.ndarray) -> np.ndarray:
         """True current success rates of training prompts ``ids``."""
@@ -81,16 +80,13 @@ class LearningModel:
             0.9,
             0.999,
             1e-8,
-            self.hist_prompts,
-            self.hist_rollouts,
+            self.hist.prompts,
+            self.hist.rollouts,
         )
 
     def take_histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """Allocation histogram since the last call: (prompts, rollouts) per true-rate decile."""
-        out = self.hist_prompts.copy(), self.hist_rollouts.copy()
-        self.hist_prompts[:] = 0
-        self.hist_rollouts[:] = 0
-        return out
+        return self.hist.take()
 
 
 class SimulatedSource:

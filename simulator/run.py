@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from allocators import loop
 from allocators.base import PromptStream, validate
-from allocators.loop import RunOutput, Schedule, run, summarize, tables
+from allocators.loop import RunOutput, Schedule
 from allocators.registry import MethodSpec, parse_spec
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import Scenario, build_world, get_scenario
@@ -51,22 +52,29 @@ def resolve(cfg: SimConfig) -> dict:
     }
 
 
+def schedule(cfg: SimConfig) -> Schedule:
+    return Schedule(
+        cfg.steps,
+        cfg.budget,
+        cfg.prompts_per_step,
+        cfg.eval_every,
+        get_scenario(cfg.scenario).target_accuracy,
+    )
+
+
 def identity(cfg: SimConfig) -> dict:
     """The run's leaderboard identity columns."""
     spec = cfg.spec()
-    return {
-        "mode": "simulate",
-        "scenario": cfg.scenario,
-        "model": "simulator",
-        "method": spec.label,
-        "method_name": spec.name,
-        "seed": cfg.seed,
-        "budget": cfg.budget,
-        "prompts_per_step": cfg.prompts_per_step,
-        "steps": cfg.steps,
-        "eval_every": cfg.eval_every,
-        "frozen": cfg.frozen,
-    }
+    return loop.identity(
+        "simulate",
+        cfg.scenario,
+        "simulator",
+        spec.label,
+        spec.name,
+        cfg.seed,
+        schedule(cfg),
+        cfg.frozen,
+    )
 
 
 def check(cfg: SimConfig) -> None:
@@ -85,16 +93,14 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
     stream = PromptStream(scenario.num_prompts, np.random.default_rng([cfg.seed, 2]))
     allocator = cfg.spec().build()
     allocator.reset(scenario.num_prompts, np.random.default_rng([cfg.seed, 3]))
-    schedule = Schedule(
-        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, scenario.target_accuracy
-    )
+    sched = schedule(cfg)
 
     def on_step(done: int, row: dict) -> None:
         if progress is not None and done and "test_accuracy" in row:
             progress(done)
 
-    prog, _ = run(allocator, source, model, stream, schedule, on_step=on_step)
-    steps, evals, allocation = tables(prog)
+    prog, _ = loop.run(allocator, source, model, stream, sched, on_step=on_step)
+    steps, evals, allocation = loop.tables(prog)
     return RunOutput(
-        resolve(cfg), identity(cfg), summarize(prog, schedule), steps, evals, allocation
+        resolve(cfg), identity(cfg), loop.summarize(prog, sched), steps, evals, allocation
     )

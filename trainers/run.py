@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from allocators import loop
 from allocators.base import PromptStream, SettingsError, StepResult, validate
 from allocators.loop import (
-    HIST_BINS,
     LEARN_STATS,
+    Histogram,
     Interrupted,
     Progress,
     RunOutput,
     Schedule,
-    observed_rate_histogram,
     run,
     summarize,
     tables,
@@ -126,22 +126,25 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     return spec
 
 
+def schedule(cfg: TrainConfig) -> Schedule:
+    return Schedule(
+        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, cfg.target_accuracy
+    )
+
+
 def identity(cfg: TrainConfig) -> dict:
     """The run's leaderboard identity columns (``frozen``: learning rate 0)."""
     spec = cfg.spec()
-    return {
-        "mode": "train",
-        "scenario": cfg.task_name,
-        "model": cfg.model,
-        "method": spec.label,
-        "method_name": spec.name,
-        "seed": cfg.seed,
-        "budget": cfg.budget,
-        "prompts_per_step": cfg.prompts_per_step,
-        "steps": cfg.steps,
-        "eval_every": cfg.eval_every,
-        "frozen": cfg.grpo.lr == 0,
-    }
+    return loop.identity(
+        "train",
+        cfg.task_name,
+        cfg.model,
+        spec.label,
+        spec.name,
+        cfg.seed,
+        schedule(cfg),
+        cfg.grpo.lr == 0,
+    )
 
 
 def resolved_config(
@@ -216,8 +219,7 @@ class PolicyLearner:
     def __init__(self, policy: _Policy, source):
         self.policy = policy
         self.source = source
-        self.hist_prompts = np.zeros(HIST_BINS, np.int64)
-        self.hist_rollouts = np.zeros(HIST_BINS, np.int64)
+        self.hist = Histogram()
 
     def learn(self, result: StepResult) -> dict[str, float]:
         from trainers.grpo import grpo_update
@@ -228,17 +230,14 @@ class PolicyLearner:
             p.model, p.optimizer, prompts, responses, adv, weights, p.grpo, p.pad_id, p.ref
         )
         p.backend.sync(p.model)
-        observed_rate_histogram(result, self.hist_prompts, self.hist_rollouts)
+        self.hist.add_observed(result)
         return {k: upd[k] for k in LEARN_STATS}
 
     def evaluate(self) -> float:
         return self.source.test_accuracy()[0]
 
     def take_histogram(self) -> tuple[np.ndarray, np.ndarray]:
-        out = self.hist_prompts.copy(), self.hist_rollouts.copy()
-        self.hist_prompts[:] = 0
-        self.hist_rollouts[:] = 0
-        return out
+        return self.hist.take()
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,9 +291,7 @@ def run_training(
     alloc_rng = np.random.default_rng([cfg.seed, 3])
     allocator = cfg.spec().build()
     allocator.reset(n_prompts, alloc_rng)
-    schedule = Schedule(
-        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, cfg.target_accuracy
-    )
+    sched = schedule(cfg)
 
     start = None
     if resume:
@@ -307,8 +304,7 @@ def run_training(
         alloc_rng.bit_generator.state = state["alloc_rng"]
         torch.set_rng_state(state["torch_rng"])
         start = Progress(**state["progress"])
-        learner.hist_prompts[:] = state["hist"][0]
-        learner.hist_rollouts[:] = state["hist"][1]
+        learner.hist.prompts[:], learner.hist.rollouts[:] = state["hist"]
         policy.backend.sync(policy.model)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +325,7 @@ def run_training(
             "stream_rng": stream.rng.bit_generator.state,
             "alloc_rng": alloc_rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "hist": (learner.hist_prompts.copy(), learner.hist_rollouts.copy()),
+            "hist": (learner.hist.prompts.copy(), learner.hist.rollouts.copy()),
         }
         tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
         torch.save(state, tmp)
@@ -340,7 +336,7 @@ def run_training(
         source,
         learner,
         stream,
-        schedule,
+        sched,
         start,
         progress,
         should_stop,
@@ -348,7 +344,7 @@ def run_training(
         cfg.checkpoint_every,
     )
     steps, evals, allocation = tables(prog)
-    return RunOutput(config, identity(cfg), summarize(prog, schedule), steps, evals, allocation)
+    return RunOutput(config, identity(cfg), summarize(prog, sched), steps, evals, allocation)
 
 
 def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:
