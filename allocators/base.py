@@ -19,9 +19,10 @@ Rewards are binary (1 = verified correct). See ``docs/design.md#the-contract``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -398,9 +399,49 @@ def validate(
 # --------------------------------------------------------------------------------------------
 # Allocators
 # --------------------------------------------------------------------------------------------
+# Inclusive (low, high) limits of numeric options; None leaves a side open.
+Bounds = Mapping[str, tuple[float | None, float | None]]
+
+
+def check_numbers(config: Any, bounds: Bounds, prefix: str = "") -> None:
+    """Refuse a dataclass whose int or float fields are not finite or leave their ``bounds``.
+
+    Every settings dataclass of the project (method configs, simulator and trainer configs)
+    calls this from ``__post_init__``, so a value is checked once, where it is declared, before
+    any run: ``SettingsError`` names the field, the value and the range.
+    """
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            continue
+        if not math.isfinite(value):
+            raise SettingsError(f"{prefix}{f.name} must be a finite number, not {value}")
+        low, high = bounds.get(f.name, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (
+                f"[{'-inf' if low is None else _num(low)}, {'inf' if high is None else _num(high)}]"
+            )
+            raise SettingsError(f"{prefix}{f.name} must be in {span}, not {_num(value)}")
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
 @dataclass
 class AllocatorConfig:
-    """Base of every method's config dataclass (one per method, TRL style)."""
+    """Base of every method's config dataclass (one per method, TRL style).
+
+    ``bounds`` gives every numeric option its inclusive range (``check_numbers``, run by
+    ``__post_init__``; the check suite requires an entry for each numeric field, with an upper
+    limit for each integer one). A method's own ``__post_init__`` calls ``super().__post_init__()``
+    first, then checks relations between options.
+    """
+
+    bounds: ClassVar[Bounds] = {}
+
+    def __post_init__(self) -> None:
+        check_numbers(self, self.bounds)
 
 
 class Allocator:

@@ -143,6 +143,14 @@ def answers_of(samples: Samples) -> np.ndarray:
 
 @dataclass
 class CgrpoConfig(AllocatorConfig):
+    bounds = {
+        "delta": (0.0, 1.0),
+        "delta_margin": (0.0, 1.0),
+        "recalibrate_every": (0, 10_000_000),
+        "num_calibration": (1, 10_000_000),
+        "eps": (0.0, 1.0),
+    }
+
     budget_grid: str = "2,4,8,16,32"  # ascending budgets (comma-separated)
     delta: float = 0.0  # 0: automatic from the solve rate
     delta_margin: float = 0.05
@@ -158,6 +166,7 @@ class CgrpoConfig(AllocatorConfig):
         )
 
     def __post_init__(self):
+        super().__post_init__()
         try:
             g = self.grid()
         except ValueError:

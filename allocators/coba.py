@@ -153,6 +153,19 @@ def weighted_leftover(out, group, p, left, n_up, weight_alpha, fixed):
 
 @dataclass
 class CobaConfig(AllocatorConfig):
+    bounds = {
+        "n_low": (0, 100_000),
+        "n_up": (0, 100_000),
+        "beta_params_sum": (None, 1e6),
+        "sliding_window_size": (1, 100_000),
+        "smoothing_factor": (0.0, 0.5),
+        "tau_min": (None, 1e6),
+        "tau_max": (None, 1e6),
+        "var_max": (None, 0.25),
+        "exploration_budget_ratio": (0.0, 1.0),
+        "weight_alpha": (0.0, 1e3),
+    }
+
     n_low: int = 2
     n_up: int = 128  # script (class default 32)
     beta_params_sum: float = 11.0  # S; script (class default 7)
@@ -168,6 +181,7 @@ class CobaConfig(AllocatorConfig):
     solver: Literal["greedy", "fast"] = "greedy"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n_low < 0 or self.n_up < self.n_low:
             raise ValueError("need 0 <= n_low <= n_up")
         if self.beta_params_sum <= 2.0:

@@ -198,6 +198,20 @@ def _take_behaviour(behaviour, index: np.ndarray):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class CropiConfig(AllocatorConfig):
+    bounds = {
+        "ratio": (0.0, 1.0),
+        "stage_steps": (1, 10_000_000),
+        "stages": (0, 10_000_000),
+        "sparsity": (0.0, 1.0),
+        "proj_dim": (1, 1 << 20),
+        "proj_seed": (0, 2**63 - 1),
+        "n_offline": (2, 100_000),
+        "n_offline_val": (2, 100_000),
+        "max_valid": (0, 10_000_000),
+        "adv_eps": (0.0, 1.0),
+        "eps": (0.0, 1.0),
+    }
+
     score: Literal["inf_valid_uniform", "inf", "random", "difficulty_random"] = "inf_valid_uniform"
     ratio: float = 0.1  # SELECT_RATIO (run_cropi.sh)
     stage_steps: int = 10  # RL_TOTAL_TRAINING_STEPS
@@ -214,6 +228,7 @@ class CropiConfig(AllocatorConfig):
     eps: float = GRPO_EPS  # the stage's GRPO advantage (uniform.py)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.stage_steps < 1 or self.stages < 0:

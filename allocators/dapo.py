@@ -75,12 +75,19 @@ def train_kept_groups(
 
 @dataclass
 class DapoConfig(AllocatorConfig):
+    bounds = {
+        "gen_batch_factor": (None, 1e3),
+        "max_gen_batches": (1, 10_000),
+        "group_size": (0, 100_000),
+    }
+
     gen_batch_factor: float = 3.0  # generation batch / training batch, in prompts (script: 3)
     max_gen_batches: int = 10  # refill limit per step (script: 10)
     group_size: int = 0  # responses per prompt; 0: budget // prompts_per_step (>= 2)
     scale_by_std: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.gen_batch_factor <= 0 or self.max_gen_batches < 1 or self.group_size < 0:
             raise ValueError("need gen_batch_factor > 0, max_gen_batches >= 1, group_size >= 0")
 

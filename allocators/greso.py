@@ -120,6 +120,23 @@ def extreme_groups(groups, group, rewards):
 
 @dataclass
 class GresoConfig(AllocatorConfig):
+    bounds = {
+        "p_easy": (0.0, 1.0),
+        "p_hard": (0.0, 1.0),
+        "target_zero_variance": (0.0, 1.0),
+        "adjust_step": (0.0, 1.0),
+        "min_p": (0.0, 1.0),
+        "max_p": (0.0, 1.0),
+        "floor": (0.0, 1.0),
+        "sampling_factor": (None, 1e3),
+        "min_sampling_factor": (None, 1e3),
+        "chunk_factor": (None, 1e3),
+        "estimate_inflation": (1.0, 1e3),
+        "max_gen_rounds": (1, 10_000),
+        "group_size": (0, 100_000),
+        "history": (1, 100_000),
+    }
+
     p_easy: float = 0.5  # initial keep base for all-correct streaks
     p_hard: float = 0.5  # initial keep base for all-wrong streaks
     target_zero_variance: float = 0.25
@@ -137,6 +154,7 @@ class GresoConfig(AllocatorConfig):
     scale_by_std: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if not (
             0 < self.min_p <= self.p_easy <= self.max_p <= 1
             and self.min_p <= self.p_hard <= self.max_p

@@ -89,6 +89,18 @@ from allocators.stats import PromptStats
 
 @dataclass
 class KnapsackConfig(AllocatorConfig):
+    bounds = {
+        "n": (1, 100_000),
+        "min_n": (1, 100_000),
+        "max_n": (1, 100_000),
+        "negative_n": (1, 100_000),
+        "positive_n": (1, 100_000),
+        "alpha": (0.0, 1.0),
+        "reward_buffer_length": (1, 100_000),
+        "min_buffer_length": (0, 100_000),
+        "adv_clip": (0.0, 1e6),
+    }
+
     n: int = 8  # rollouts of an invalid (unseen) prompt
     min_n: int = 2  # base of an effective prompt (0 < p̂ < 1)
     max_n: int = 128
@@ -107,6 +119,7 @@ class KnapsackConfig(AllocatorConfig):
     solver: Literal["fast", "dp", "dp_table", "greedy"] = "fast"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.min_n < 1 or self.max_n < self.min_n:
             raise ValueError("need 1 <= min_n <= max_n")
         if self.n < 1 or self.negative_n < 1 or self.positive_n < 1:

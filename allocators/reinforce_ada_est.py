@@ -121,6 +121,16 @@ def est_allocate(w, total, base, cap):
 
 @dataclass
 class ReinforceAdaEstConfig(AllocatorConfig):
+    bounds = {
+        "prior_alpha": (0.0, 1e6),
+        "prior_beta": (0.0, 1e6),
+        "ema_decay": (0.0, 1.0),
+        "round_repeat": (0, 100_000),
+        "total_factor": (1, 2),
+        "min_budget": (1, 100_000),
+        "max_budget": (1, 100_000),
+    }
+
     prior_alpha: float = 1.0  # bayes_alpha
     prior_beta: float = 16.0  # bayes_beta
     ema_decay: float = 0.9  # bayes_ema_decay
@@ -131,6 +141,7 @@ class ReinforceAdaEstConfig(AllocatorConfig):
     advantage: Literal["grpo", "weighted"] = "grpo"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.total_factor not in (1, 2):
             raise ValueError("total_factor must be 1 (code) or 2 (docstring)")
         if self.min_budget < 1 or self.max_budget < self.min_budget:

@@ -175,6 +175,13 @@ def pool_advantages(group, rewards, pos, neg, scale_by_std, eps):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ReinforceAdaSeqConfig(AllocatorConfig):
+    bounds = {
+        "positive_threshold": (0.0, 1.0),
+        "max_rounds": (1, 10_000),
+        "round_repeat": (1, 100_000),
+        "n": (1, 100_000),
+    }
+
     choice: Literal["balanced", "positive_focused"] = "balanced"  # reinforce_ada_choice
     positive_threshold: float = 0.7  # positive iff reward > threshold
     max_rounds: int = 4
@@ -186,6 +193,7 @@ class ReinforceAdaSeqConfig(AllocatorConfig):
     paper_weighted: bool = False  # Q6: paper v3's 1/p̂ group weight (absent from the code)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.max_rounds < 1 or self.round_repeat < 1 or self.n < 1:
             raise ValueError("max_rounds, round_repeat and n must be >= 1")
 

@@ -13,7 +13,9 @@ contract's steps without learning, and fails with an ``AssertionError`` naming w
 - ``check_state_round_trip``: ``state_dict`` taken mid-run (pickled, as a checkpoint is) and loaded
   into a fresh allocator continues exactly as the uninterrupted run;
 - ``check_config_unchanged``: running never changes the config;
-- ``check_reset_twice``: ``reset`` starts the same run again.
+- ``check_reset_twice``: ``reset`` starts the same run again;
+- ``check_option_bounds``: every numeric option has a range in the config's ``bounds`` (an upper
+  limit for every integer), and NaN, infinity and values outside the range are refused.
 
 ``check_allocator(make)`` runs them all; ``parametrize_with_checks`` makes one pytest case per
 (method, check). ``BernoulliSource`` is a small source of fixed pass rates to run them on.
@@ -22,13 +24,23 @@ contract's steps without learning, and fails with an ``AssertionError`` naming w
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
-from allocators.base import Allocator, PromptStream, RolloutSource, Samples, Step, StepResult
+from allocators.base import (
+    Allocator,
+    PromptStream,
+    RolloutSource,
+    Samples,
+    SettingsError,
+    Step,
+    StepResult,
+)
 
 Make = Callable[[], Allocator]
 
@@ -241,6 +253,31 @@ def check_reset_twice(make: Make, sources: SourceFactory = bernoulli_source) -> 
     _same(first, again.steps(10), "after a second reset")
 
 
+def check_option_bounds(make: Make, sources: SourceFactory = bernoulli_source) -> None:
+    config = make().config
+    cls = type(config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        assert f.name in cls.bounds, f"{cls.__name__}.{f.name} has no entry in bounds"
+        low, high = cls.bounds[f.name]
+        assert not isinstance(value, int) or high is not None, (
+            f"{cls.__name__}.{f.name} is an integer without an upper limit in bounds"
+        )
+        bad: list[float] = [math.nan, math.inf, -math.inf] if isinstance(value, float) else []
+        if low is not None:
+            bad.append(low - (1 if isinstance(value, int) else max(abs(low), 1.0) * 1e-6))
+        if high is not None:
+            bad.append(high + (1 if isinstance(value, int) else max(abs(high), 1.0) * 1e-6))
+        for v in bad:
+            try:
+                dataclasses.replace(config, **{f.name: v})
+            except SettingsError:
+                continue
+            raise AssertionError(f"{cls.__name__} accepted {f.name}={v}")
+
+
 CHECKS = (
     check_step_invariants,
     check_budget_at_minimum,
@@ -248,6 +285,7 @@ CHECKS = (
     check_state_round_trip,
     check_config_unchanged,
     check_reset_twice,
+    check_option_bounds,
 )
 
 

@@ -27,6 +27,8 @@ from allocators.base import (
 
 @dataclass
 class UniformConfig(AllocatorConfig):
+    bounds = {"eps": (0.0, 1.0)}
+
     eps: float = GRPO_EPS  # added to the group std
     scale_by_std: bool = True  # False: A = r − mean (Dr. GRPO)
 

@@ -107,6 +107,15 @@ def bounded_proportional(w, total, lo, hi):
 
 @dataclass
 class VarianceOptimalConfig(AllocatorConfig):
+    bounds = {
+        "prior_alpha": (0.0, 1e6),
+        "prior_beta": (0.0, 1e6),
+        "ema_decay": (0.0, 1.0),
+        "p_clip": (0.0, 0.5),
+        "min_n": (1, 100_000),
+        "max_n": (1, 100_000),
+    }
+
     objective: Literal["log", "raft"] = "log"  # log: √((1−p)/p); raft: 1/√p
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
@@ -117,6 +126,7 @@ class VarianceOptimalConfig(AllocatorConfig):
     scale_by_std: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 < self.p_clip < 0.5:
             raise ValueError("p_clip must be in (0, 0.5)")
         if self.min_n < 1 or self.max_n < self.min_n:
