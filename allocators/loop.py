@@ -19,7 +19,15 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from allocators.base import Allocator, PromptStream, RolloutSource, Step, StepResult
+from allocators.base import (
+    Allocator,
+    Bounds,
+    PromptStream,
+    RolloutSource,
+    Step,
+    StepResult,
+    check_numbers,
+)
 from allocators.metrics import STEP_METRICS, run_metrics, step_metrics
 
 # What a learner reports about its update; NaN where a learner has no such number.
@@ -57,6 +65,19 @@ class Learner(Protocol):
         ...
 
 
+# The limits of a run's settings, the same in both modes and on the command line: far above any
+# real run, low enough that a typo cannot ask for more memory than a machine has.
+MAX_SEED = 2**32 - 1
+RUN_BOUNDS: Bounds = {
+    "seed": (0, MAX_SEED),
+    "steps": (1, 100_000),
+    "budget": (1, 1_000_000),  # rollouts per step
+    "prompts_per_step": (1, 1_000_000),
+    "eval_every": (1, 100_000),
+    "target_accuracy": (0.0, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class Schedule:
     steps: int
@@ -64,6 +85,9 @@ class Schedule:
     prompts_per_step: int
     eval_every: int
     target_accuracy: float
+
+    def __post_init__(self) -> None:
+        check_numbers(self, RUN_BOUNDS)
 
 
 def identity(

@@ -36,3 +36,7 @@ main.add_command(report)
 main.add_command(sweep)
 main.add_command(train)
 main.add_command(solvers)
+
+
+if __name__ == "__main__":  # python -m bench.cli, as the `bench` script
+    main()

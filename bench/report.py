@@ -104,28 +104,35 @@ def find_leaderboards(paths: list[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def load_rows(files: list[Path]) -> pd.DataFrame:
-    """Checked rows of every file (``ResultsError`` names a malformed one), with a ``source``."""
+def load_rows(files: list[Path], skipped: list[str] | None = None) -> pd.DataFrame:
+    """Checked rows of every file, with a ``source``. A row with a non-number in a numeric
+    column or no value in a required one is left out, with a line in ``skipped`` naming it;
+    without ``skipped`` it is refused (``ResultsError``) instead."""
     frames = []
+    notes: list[str] = []
     for f in files:
-        df = read_leaderboard(f)
+        df = read_leaderboard(f, skipped=notes)
+        bad_rows = np.zeros(len(df), bool)
         for col in NUMERIC:
             raw = df[col]
             num = pd.to_numeric(raw, errors="coerce")
-            bad = num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
-            if bad.any():
-                k = int(np.flatnonzero(bad.to_numpy())[0])
-                raise ResultsError(
-                    f"{f} is malformed: line {k + 2}, column {col}: {raw.iloc[k]!r} is not a number"
-                )
+            bad = (num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")).to_numpy()
+            for k in np.flatnonzero(bad & ~bad_rows):
+                notes.append(f"{f} line {k + 2}: {col} {raw.iloc[k]!r} is not a number")
+            bad_rows |= bad
             df[col] = num.astype(float)
-        for col in REQUIRED:
-            empty = df[col].isna()
-            if empty.any():
-                k = int(np.flatnonzero(empty.to_numpy())[0])
-                raise ResultsError(f"{f} is malformed: line {k + 2} has no {col}")
+        for col in dict.fromkeys([*REQUIRED, "prompts_per_step", "steps"]):
+            empty = df[col].isna().to_numpy()
+            for k in np.flatnonzero(empty & ~bad_rows):
+                notes.append(f"{f} line {k + 2}: no {col}")
+            bad_rows |= empty
+        if skipped is None and notes:
+            raise ResultsError(f"{notes[0]} (move the row aside or fix it)")
+        df = df[~bad_rows]
         df["source"] = str(f)
         frames.append(df)
+    if skipped is not None:
+        skipped.extend(notes)
     if not frames:
         return pd.DataFrame(columns=[*LEADERBOARD_COLUMNS, "source"])
     out = pd.concat(frames, ignore_index=True)
@@ -543,7 +550,16 @@ def versus_baseline(
                         compute_ratio_high=r.high,
                     )
                 out.append(rec)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=VERSUS_COLUMNS)
+
+
+VERSUS_COLUMNS = [
+    *GROUP,
+    "arm",
+    "baseline",
+    "paired_seeds",
+    *(f"{m}{s}" for m in ("diff", "poi", "compute_ratio") for s in ("", "_low", "_high")),
+]
 
 
 def cost(

@@ -8,6 +8,9 @@ tables as CSV into the output folder. Statistics: ``bench/report.py``; plots: ``
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +22,14 @@ from rich.table import Table
 
 from bench import report as R
 from bench.errors import usage_error
-from bench.results import ResultsError, check_writable, read_leaderboard
+from bench.results import (
+    ResultsError,
+    check_writable,
+    clean_stale,
+    make_folder,
+    read_leaderboard,
+    temp_prefix,
+)
 
 MODES = ("simulate", "train")
 EVAL_COLUMNS = ["step", "rollouts", "tokens", "test_accuracy"]
@@ -178,7 +188,7 @@ def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
 )
 @click.option(
     "--resamples",
-    type=click.IntRange(min=100),
+    type=click.IntRange(100, 1_000_000),
     default=R.RESAMPLES,
     show_default=True,
     help="Bootstrap resamples per interval.",
@@ -217,7 +227,8 @@ def report(
             raise usage_error(f"unknown --mode {bad[0]!r} (modes: {', '.join(MODES)})")
     try:
         files = R.find_leaderboards(list(results_paths))
-        rows = R.load_rows(files)
+        skipped: list[str] = []
+        rows = R.load_rows(files, skipped)
     except ResultsError as exc:
         raise usage_error(str(exc)) from None
     if rows.empty:
@@ -241,10 +252,59 @@ def report(
     if rows.empty:
         raise usage_error("no run matches the filters (--mode/--scenario/--methods)")
     try:
-        out = check_writable(out_dir)
+        out = check_writable(out_dir, "report folder")
+        make_folder(out)
     except ResultsError as exc:
         raise usage_error(str(exc)) from None
+    # Everything is written into a hidden folder and moved into OUT once complete, report.md
+    # last: a report that fails half-way leaves the previous one whole.
+    clean_stale(out, "report")
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=temp_prefix("report")))
+    try:
+        _write_report(
+            console,
+            rows,
+            files,
+            skipped,
+            dropped,
+            stage,
+            runs_dir,
+            baseline,
+            solvers_path,
+            resamples,
+            confidence,
+            no_plots,
+        )
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    console.print(f"report: {out / 'report.md'} ({len(rows)} runs)")
 
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move every file of ``stage`` to the same place under ``out``, ``report.md`` last."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "report.md")
+    for f in files:
+        target = out / f.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+
+
+def _write_report(
+    console,
+    rows,
+    files,
+    skipped,
+    dropped,
+    out,
+    runs_dir,
+    baseline,
+    solvers_path,
+    resamples,
+    confidence,
+    no_plots,
+) -> None:
     t0 = time.perf_counter()
     rows = R.label_arms(rows)
     kw = dict(resamples=resamples, confidence=confidence)
@@ -257,7 +317,7 @@ def report(
     costs = R.cost(rows, baseline, curves, **kw)
     across = R.across_scenarios(rows, "final_test_accuracy", **kw)
 
-    notes: list[str] = []
+    notes: list[str] = [f"row left out: {s}" for s in skipped]
     if not (rows["method"] == baseline).any():
         notes.append(
             f"no run of the baseline {baseline!r}: no comparisons with a baseline "
@@ -308,10 +368,7 @@ def report(
         out,
     )
     (out / "report.md").write_text(md)
-    console.print(
-        f"report: {out / 'report.md'} ({len(rows)} runs, "
-        f"{rows['arm'].nunique()} arms, {time.perf_counter() - t0:.1f} s)"
-    )
+    console.print(f"report computed in {time.perf_counter() - t0:.1f} s")
 
 
 def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, resamples, confidence):

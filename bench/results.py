@@ -106,26 +106,57 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and prove it writable; ``ResultsError`` otherwise."""
+# Below this much free space a folder is refused before a run starts (a run folder and a row
+# take far less; a disk this full fails at the first write).
+MIN_FREE_BYTES = 16 << 20
+
+
+def _existing_ancestor(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(folder: str | Path, what: str = "results folder") -> Path:
+    """Prove, without writing anything, that ``folder`` (or the existing folder it would be made
+    in) is a writable folder with room left; ``ResultsError`` names ``what`` otherwise. The
+    folder itself is made by the first write into it."""
     p = Path(folder)
+    base = _existing_ancestor(p)
+    if not base.is_dir():
+        raise ResultsError(f"{what} {p} cannot be made: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ResultsError(f"{what} {p} is not writable: permission denied on {base}")
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-"):
-            pass
+        free = shutil.disk_usage(base).free
     except OSError as exc:
-        raise ResultsError(f"results folder {p} is not writable: {exc.strerror or exc}") from None
+        raise ResultsError(f"{what} {p} is not usable: {exc.strerror or exc}") from None
+    if free < MIN_FREE_BYTES:
+        raise ResultsError(
+            f"{what} {p}: only {free / 2**20:.1f} MiB free on its disk "
+            f"(at least {MIN_FREE_BYTES >> 20} MiB needed)"
+        )
     return p
 
 
 def check_outputs(results_dir: str | Path, runs_dir: str | Path, mode: str) -> Path:
-    """Before a run starts: the results folder and the runs folder are writable and the mode's
-    leaderboard, if it exists, has this schema. Returns the results folder; ``ResultsError``
-    otherwise (nothing is written but the folders themselves)."""
-    out = check_writable(results_dir)
-    read_checked(leaderboard_path(out, mode), LEADERBOARD_COLUMNS)
-    check_writable(runs_dir)
+    """Before a run starts: the results folder and the runs folder can be written and the mode's
+    leaderboard, if it exists, has this schema. Nothing is written; ``ResultsError`` otherwise."""
+    out = check_writable(results_dir, "results folder")
+    check_header(leaderboard_path(out, mode), LEADERBOARD_COLUMNS)
+    check_writable(runs_dir, "runs folder")
     return out
+
+
+def make_folder(folder: str | Path) -> Path:
+    """``folder`` and its parents, with the permissions of ``mkdir`` under the umask."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot make {p}: {exc.strerror or exc}") from None
+    return p
 
 
 @contextmanager
@@ -138,36 +169,96 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_checked(path: str | Path, columns: list[str]) -> str:
-    """Text of an existing leaderboard after checking its header and row widths ('' if absent)."""
+# -- temporary files: named after the process that writes them, removed once it is gone --------
+def temp_prefix(name: str) -> str:
+    """Prefix of a temporary file or folder for ``name``: hidden, with this process's id."""
+    return f".{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(folder: Path, name: str) -> int:
+    """Remove the temporary files and folders of ``name`` (``temp_prefix``) in ``folder`` left by
+    processes that no longer run (a SIGKILL mid-write); returns how many."""
+    removed = 0
+    try:
+        entries = list(folder.glob(f".{name}.*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry.name[len(name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+# -- leaderboards ------------------------------------------------------------------------------
+def _header(path: Path) -> list[str] | None:
+    """The first row of an existing, non-empty file; None if absent or empty."""
+    try:
+        with open(path, newline="") as f:
+            line = f.readline(1 << 20)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from None
+    if not line.strip():
+        return None
+    return next(csv.reader([line]))
+
+
+def check_header(path: str | Path, columns: list[str]) -> None:
+    """An existing leaderboard's header is ``columns`` (or an older schema it upgrades from)."""
     path = Path(path)
-    if not path.exists():
-        return ""
+    head = _header(path)
+    if head is None or head == columns:
+        return
+    if columns == LEADERBOARD_COLUMNS and head in LEGACY_SCHEMAS.values():
+        return
+    raise ResultsError(
+        f"{path} is not a leaderboard of this schema (header differs; expected "
+        f"columns: {','.join(columns)}); move it aside or fix it"
+    )
+
+
+def read_checked(path: str | Path, columns: list[str]) -> str:
+    """Text of an existing leaderboard in the ``columns`` schema ('' if absent or empty): an
+    older schema is upgraded, a torn last line (an append killed mid-write, repaired by the
+    next append) is left out. ``ResultsError`` for a file of another schema. Rows of the wrong
+    width are kept; ``read_leaderboard`` skips them with a note."""
+    path = Path(path)
+    check_header(path, columns)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        return ""
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsError(f"cannot read {path}: {exc}") from None
     if not text.strip():
         return ""
-    rows = list(csv.reader(io.StringIO(text)))
-    if columns == LEADERBOARD_COLUMNS and rows[0] in LEGACY_SCHEMAS.values():
-        rows = _upgrade(rows, columns)
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        text = buf.getvalue()
-    if rows[0] != columns:
-        raise ResultsError(
-            f"{path} is not a leaderboard of this schema (header differs; expected "
-            f"columns: {','.join(columns)}); move it aside or fix it"
-        )
-    for k, row in enumerate(rows[1:], start=2):
-        if len(row) != len(columns):
-            raise ResultsError(
-                f"{path} is malformed: line {k} has {len(row)} fields, expected "
-                f"{len(columns)}; move it aside or fix it"
-            )
     if not text.endswith("\n"):
-        text += "\n"
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and rows[0] != columns:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(_upgrade(rows, columns))
+        text = buf.getvalue()
     return text
 
 
@@ -185,21 +276,75 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``os.umask`` sets it
+    for every thread for an instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _file_mode(path: Path) -> int:
     """The existing file's permissions, or 0o666 less the umask for a new one (mkstemp's 0o600
     would make a shared leaderboard private)."""
     try:
         return path.stat().st_mode & 0o777
     except FileNotFoundError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~_umask()
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, sync it and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
+    try:
+        os.fchmod(fd, _file_mode(path))
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (no newline at the end: an append killed mid-write)."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                f.truncate(pos - step + k + 1)
+                break
+            pos -= step
+        else:
+            f.truncate(0)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def append_rows(
     path: str | Path, rows: list[dict], columns: list[str] = LEADERBOARD_COLUMNS
 ) -> None:
-    """Append ``rows`` (dicts with exactly ``columns``) atomically; see the module docstring."""
+    """Append ``rows`` (dicts with exactly ``columns``); see the module docstring. The time is
+    flat in the file's size: only the header and the last line are read."""
     path = Path(path)
     for r in rows:
         missing = set(columns) - set(r)
@@ -208,53 +353,89 @@ def append_rows(
             raise ValueError(
                 f"row does not match the schema: missing {sorted(missing)}, extra {sorted(extra)}"
             )
-    check_writable(path.parent)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        w.writerow([_cell(r[c]) for c in columns])
+    data = buf.getvalue().encode()
+    make_folder(path.parent)
     with _locked(path):
-        old = read_checked(path, columns)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        if not old:
-            w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(r[c]) for c in columns])
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        clean_stale(path.parent, path.name)
+        head = _header(path)
+        if head is None:
+            _replace_atomically(path, ",".join(columns) + "\n")
+        elif head != columns:
+            check_header(path, columns)  # refuses another schema
+            _replace_atomically(path, read_checked(path, columns))  # upgrades an older one
+        else:
+            _repair_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
-            os.fchmod(fd, _file_mode(path))
-            with os.fdopen(fd, "w") as f:
-                f.write(old)
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
-def read_leaderboard(path: str | Path, columns: list[str] = LEADERBOARD_COLUMNS) -> pd.DataFrame:
-    """Checked leaderboard as a DataFrame (empty with the schema's columns if absent)."""
+def read_leaderboard(
+    path: str | Path,
+    columns: list[str] = LEADERBOARD_COLUMNS,
+    skipped: list[str] | None = None,
+) -> pd.DataFrame:
+    """Checked leaderboard as a DataFrame of strings and numbers (empty with the schema's columns
+    if absent). A row of the wrong width (a hand edit) is left out, and a line saying which is
+    added to ``skipped``; one bad row never locks the others out."""
     text = read_checked(path, columns)
     if not text:
         return pd.DataFrame(columns=columns)
+    rows = list(csv.reader(io.StringIO(text)))
+    good = [rows[0]]
+    for k, row in enumerate(rows[1:], start=2):
+        if len(row) == len(columns):
+            good.append(row)
+        elif skipped is not None:
+            skipped.append(f"{path} line {k}: {len(row)} fields, expected {len(columns)}")
+    if len(good) < len(rows):
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(good)
+        text = buf.getvalue()
     return pd.read_csv(io.StringIO(text))
 
 
 def write_run_folder(
-    runs_dir: str | Path, run_id: str, config: dict, tables: dict[str, pd.DataFrame]
+    runs_dir: str | Path,
+    run_id: str,
+    config: dict,
+    tables: dict[str, pd.DataFrame],
+    own: bool = False,
 ) -> Path:
-    """Write ``runs/<run_id>/`` (config.json and one CSV per table) atomically."""
-    runs = Path(runs_dir)
-    runs.mkdir(parents=True, exist_ok=True)
+    """Write ``runs/<run_id>/`` (config.json and one CSV per table) atomically: into a hidden
+    folder, renamed into place. An existing folder of that name is replaced only when it is the
+    run's ``own`` (a training run's checkpoint folder); otherwise ``ResultsError``."""
+    runs = make_folder(runs_dir)
+    clean_stale(runs, "run")
     final = runs / run_id
-    tmp = Path(tempfile.mkdtemp(dir=runs, prefix=f".{run_id}."))
+    tmp = Path(tempfile.mkdtemp(dir=runs, prefix=temp_prefix("run") + run_id + "."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         for name, df in tables.items():
             df.to_csv(tmp / f"{name}.csv", index=False)
-        if final.exists():
+        if own and final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if final.exists():
+                raise ResultsError(f"run folder {final} exists already") from None
+            raise ResultsError(f"cannot write run folder {final}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

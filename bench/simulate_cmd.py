@@ -21,12 +21,13 @@ from rich.progress import (
 from rich.table import Table
 
 from allocators.base import SettingsError
+from allocators.loop import RUN_BOUNDS
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
 from bench.report import CONFIDENCE, mean_ci
 from bench.report_cmd import fmt_ci
 from bench.results import ResultsError, check_outputs, leaderboard_path
-from bench.runner import Recorder, execute, parse_seeds
+from bench.runner import MAX_RUNS, Recorder, execute, parse_seeds
 from simulator.run import SimConfig, check
 from simulator.scenarios import SCENARIOS
 
@@ -118,28 +119,28 @@ def summary_table(rows: pd.DataFrame) -> list[Table]:
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["steps"]),
     default=DEFAULTS.steps,
     show_default=True,
     help="Training steps per run.",
 )
 @click.option(
     "--budget",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["budget"]),
     default=DEFAULTS.budget,
     show_default=True,
     help="Rollouts per step.",
 )
 @click.option(
     "--prompts-per-step",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["prompts_per_step"]),
     default=DEFAULTS.prompts_per_step,
     show_default=True,
     help="Prompts in each step's batch.",
 )
 @click.option(
     "--eval-every",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["eval_every"]),
     default=DEFAULTS.eval_every,
     show_default=True,
     help="Steps between test-accuracy evaluations.",
@@ -149,7 +150,7 @@ def summary_table(rows: pd.DataFrame) -> list[Table]:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     default=None,
     help="Processes to run on [default: number of CPUs, at most the number of runs].",
 )
@@ -202,6 +203,10 @@ def simulate(
         seed_list = parse_seeds(seeds)
     except (SpecError, ValueError) as exc:
         raise usage_error(str(exc)) from None
+    if len(specs) * len(seed_list) > MAX_RUNS:
+        raise usage_error(
+            f"{len(specs)} methods x {len(seed_list)} seeds is more than {MAX_RUNS:,} runs"
+        )
     sc = SCENARIOS[scenario]
     if prompts_per_step > sc.num_prompts:
         raise usage_error(

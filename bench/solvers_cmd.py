@@ -78,6 +78,7 @@ BASE = 2  # every prompt's base (Knapsack min_n, CoBA n_low)
 OFFICIAL = (256, 8, 128)  # Knapsack RL's run: 256 prompts, budget 2,048, cap 128
 COBA_CLAIM = 928.0  # CoBA-RL: heap greedy "≈ 928× faster" than dynamic programming
 COBA_F = 0.413  # batch failure rate for CoBA's Beta parameters (docs/methods.md#coba)
+MAX_PROMPTS = 1_000_000  # the largest batch timed (the arrays of 10^6 prompts take ~0.1 GB)
 DP_MEMORY = 2 << 30  # bytes of the DP's choice table beyond which it is skipped
 
 
@@ -235,19 +236,19 @@ def fmt_gap(x) -> str:
 )
 @click.option(
     "--repeats",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000),
     default=7,
     show_default=True,
     help="Timings per solver (median); one if a call exceeds a second.",
 )
 @click.option(
     "--max-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(0, 1e5, min_open=True),
     default=20.0,
     show_default=True,
     help="Skip a solver whose estimated time per call exceeds this.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option(
     "--quick", is_flag=True, help="A small grid: 64 and 256 prompts, 8 per prompt, 3 repeats."
 )
@@ -285,8 +286,8 @@ def solvers(
         prompts, per_prompt, repeats = [64, 256], [8], min(repeats, 3)
     if cap < BASE + 1 or cap > 32767:
         raise usage_error(f"--cap must be in [{BASE + 1}, 32767], got {cap}")
-    if min(prompts) < 1:
-        raise usage_error(f"--prompts must be positive, got {min(prompts)}")
+    if min(prompts) < 1 or max(prompts) > MAX_PROMPTS:
+        raise usage_error(f"--prompts must be in [1, {MAX_PROMPTS:,}], got {max(prompts)}")
     bad = [b for b in per_prompt if not BASE <= b <= cap]
     if bad:
         raise usage_error(f"--per-prompt must be in [{BASE}, --cap={cap}], got {bad[0]}")

@@ -35,17 +35,20 @@ backends write the same rows (timestamps, run ids and wall times aside).
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from allocators.base import SettingsError
 from allocators.loop import RunOutput
 from allocators.registry import SpecError, parse_spec
-from bench.results import config_hash, leaderboard_path, read_leaderboard
-from bench.runner import Recorder, execute, parse_seeds
+from bench.results import config_hash, leaderboard_path, make_folder, read_leaderboard
+from bench.runner import MAX_RUNS, Recorder, execute, parse_seeds
 from simulator.run import SimConfig, check, resolve, run_simulation
 from simulator.scenarios import SCENARIOS
 
@@ -199,9 +202,15 @@ def expand(grid: dict, source: str = "grid") -> Plan:
             raise GridError(f'{where}: no methods (methods = ["uniform", ...])')
         keys = list(AXES)
         values = [axes.get(key, [getattr(defaults, AXES[key])]) for key in keys]
+        size = math.prod(len(v) for v in values)
+        if size + sum(plan.experiments.values()) > MAX_RUNS:
+            raise GridError(f"{where}: the grid lists more than {MAX_RUNS:,} runs")
         listed = 0
         for combo in itertools.product(*values):
-            cfg = SimConfig(**{AXES[key]: v for key, v in zip(keys, combo)})
+            try:
+                cfg = SimConfig(**{AXES[key]: v for key, v in zip(keys, combo)})
+            except SettingsError as exc:
+                raise GridError(f"{where}: {exc}") from None
             _check(cfg, where)
             chash = config_hash(resolve(cfg))
             listed += 1
@@ -246,13 +255,55 @@ def pending(plan: Plan, results_dir: str | Path) -> tuple[list[Run], int]:
 # ---------------------------------------------------------------------------------------------
 
 
+class Claims:
+    """Which process runs which config, so that concurrent sweeps of one grid split the work.
+
+    A run is claimed by an exclusive ``flock`` on ``<results>/.claims/<config hash>.lock``, held
+    from just before the run starts until its row is written; a ``<hash>.done`` marker is left
+    then. A claim of a process that died is released by the kernel with it, so a killed sweep
+    never blocks another; a run marked done (by a sweep that started after this one read the
+    leaderboard) is not run again."""
+
+    def __init__(self, results_dir: str | Path):
+        self.dir = Path(results_dir) / ".claims"
+        self.held: dict[str, IO] = {}
+
+    def claim(self, chash: str) -> bool:
+        make_folder(self.dir)
+        f = open(self.dir / f"{chash}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        if (self.dir / f"{chash}.done").exists():
+            f.close()
+            return False
+        self.held[chash] = f
+        return True
+
+    def finish(self, chash: str) -> None:
+        (self.dir / f"{chash}.done").touch()
+        self.release(chash)
+
+    def release(self, chash: str) -> None:
+        f = self.held.pop(chash, None)
+        if f is not None:
+            f.close()
+
+    def release_all(self) -> None:
+        for chash in list(self.held):
+            self.release(chash)
+
+
 def run_process(
     configs: list[SimConfig],
     workers: int,
     on_done: Callable[[RunOutput], None],
     on_progress: Callable[[int], None],
+    claim: Callable[[int], bool] | None = None,
 ) -> None:
-    execute(configs, workers, on_done, on_progress)
+    execute(configs, workers, on_done, on_progress, claim)
 
 
 class RayMissing(RuntimeError):
@@ -275,13 +326,15 @@ def run_ray(
     on_progress: Callable[[int], None],
     address: str | None = None,
     num_cpus: int = 2,
+    claim: Callable[[int], bool] | None = None,
 ) -> None:
     """Run every config as one Ray task (1 CPU each) and record them as they finish.
 
     Without ``address`` a local Ray instance is started with ``num_cpus`` CPUs and no dashboard,
     and shut down at the end; with one (``auto``, ``ray://host:10001`` or ``host:6379``) the
-    sweep joins that cluster, whose nodes must have rollout-bench installed. Ctrl-C cancels the
-    tasks not yet finished; the finished ones are already recorded."""
+    sweep joins that cluster, whose nodes must have rollout-bench installed. Tasks are sent as
+    they are claimed, a few more than the cluster's CPUs at a time. Ctrl-C cancels the tasks not
+    yet finished; the finished ones are already recorded."""
     ray = require_ray()
     started = False
     if not ray.is_initialized():
@@ -291,16 +344,28 @@ def run_ray(
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
         started = True
+    window = 2 * max(int(ray.cluster_resources().get("CPU", num_cpus)), 1)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_simulation)
-    refs = {remote.remote(cfg): cfg for cfg in configs}
+    order = iter(range(len(configs)))
+    refs: dict = {}
+
+    def send_next() -> None:
+        for i in order:
+            if claim is None or claim(i):
+                refs[remote.remote(configs[i])] = configs[i]
+                return
+            on_progress(configs[i].steps)
+
     try:
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+        for _ in range(window):
+            send_next()
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
                 out = ray.get(ref)
-                on_progress(refs[ref].steps)
+                on_progress(refs.pop(ref).steps)
                 on_done(out)
+                send_next()
     except BaseException:
         for ref in refs:
             ray.cancel(ref, force=True)
@@ -320,21 +385,30 @@ def run_sweep(
     on_row: Callable[[dict], None] = lambda row: None,
     on_progress: Callable[[int], None] = lambda k: None,
 ) -> list[dict]:
-    """Execute ``runs`` and record each as it finishes; returns the rows written."""
+    """Execute ``runs`` and record each as it finishes; returns the rows written. Each run is
+    claimed first (``Claims``): one that a concurrent sweep holds or has done is skipped."""
     rows: list[dict] = []
+    claims = Claims(recorder.results_dir)
 
     def done(out: RunOutput) -> None:
         row = recorder.record(out)
+        claims.finish(row["config_hash"])
         rows.append(row)
         on_row(row)
+
+    def claim(i: int) -> bool:
+        return claims.claim(runs[i].config_hash)
 
     configs = [r.config for r in runs]
     if not configs:
         return rows
-    if backend == "process":
-        run_process(configs, workers, done, on_progress)
-    elif backend == "ray":
-        run_ray(configs, done, on_progress, address, ray_cpus)
-    else:
-        raise ValueError(f"unknown backend {backend!r} (backends: {', '.join(BACKENDS)})")
+    try:
+        if backend == "process":
+            run_process(configs, workers, done, on_progress, claim)
+        elif backend == "ray":
+            run_ray(configs, done, on_progress, address, ray_cpus, claim)
+        else:
+            raise ValueError(f"unknown backend {backend!r} (backends: {', '.join(BACKENDS)})")
+    finally:
+        claims.release_all()
     return rows

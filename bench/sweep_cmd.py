@@ -41,7 +41,7 @@ from bench.sweep import BACKENDS, GridError, RayMissing, load_grid, pending, req
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     default=None,
     help="Processes of the process backend [default: number of CPUs, at most the "
     "number of runs], or CPUs of a local Ray instance [default: 2].",

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 
 from allocators.base import SettingsError
-from allocators.loop import Interrupted
+from allocators.loop import RUN_BOUNDS, Interrupted
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
 from bench.results import ResultsError, check_outputs, config_hash, leaderboard_path
@@ -58,7 +58,8 @@ def _train_modules():
 
 
 class StopFlag:
-    """First Ctrl-C: finish the step, checkpoint, stop. Second: stop at once (the last
+    """First Ctrl-C: finish the step, checkpoint, stop the command (a run whose last step it
+    was is finished and recorded; no further method starts). Second: stop at once (the last
     checkpoint stays)."""
 
     def __init__(self, console: Console):
@@ -76,8 +77,8 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         self.console.print(
-            "[yellow]stopping after this step (checkpoint, no leaderboard row); "
-            "Ctrl-C again to stop now[/]"
+            "[yellow]stopping after this step (checkpoint, no leaderboard row; a run that was "
+            "on its last step is recorded); Ctrl-C again to stop now[/]"
         )
 
     def __exit__(self, *exc):
@@ -102,26 +103,25 @@ def _fmt_row(k: int, row: dict, total: int) -> str:
     return text
 
 
-def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console, resume: bool) -> dict:
+def train_one(
+    trun, cfg, run_dir: Path, recorder: Recorder, console: Console, resume: bool, stop: StopFlag
+) -> dict:
     from trainers.backends import BackendError
     from trainers.models import ModelError
     from trainers.tasks import TaskError
 
     plain = not console.is_terminal
-    with (
-        Progress(
-            TextColumn("[bold]train[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-            disable=plain,
-        ) as bar,
-        StopFlag(console) as stop,
-    ):
+    with Progress(
+        TextColumn("[bold]train[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=plain,
+    ) as bar:
         task = bar.add_task(cfg.method, total=cfg.steps, stats="loading model")
 
         def progress(k: int, row: dict) -> None:
@@ -208,42 +208,44 @@ def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console, re
     help="Gold-answer column of --dataset [default: answer, gold, solution, "
     "ground_truth or reward_model.ground_truth].",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(*RUN_BOUNDS["seed"]), default=0, show_default=True)
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["steps"]),
     default=DEFAULT_CPU["steps"],
     show_default=True,
     help="Training steps per run.",
 )
 @click.option(
     "--budget",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["budget"]),
     default=DEFAULT_CPU["budget"],
     show_default=True,
     help="Rollouts per step.",
 )
 @click.option(
     "--prompts-per-step",
-    type=click.IntRange(min=1),
+    type=click.IntRange(*RUN_BOUNDS["prompts_per_step"]),
     default=DEFAULT_CPU["prompts_per_step"],
     show_default=True,
 )
 @click.option(
     "--train-prompts",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 10_000_000),
     default=64,
     show_default=True,
     help="Training prompts (embedded task: generated; dataset: first N, 0 = all).",
 )
 @click.option(
     "--test-prompts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000_000),
     default=64,
     show_default=True,
     help="Held-out test prompts (greedy, one sample each).",
 )
-@click.option("--eval-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--eval-every", type=click.IntRange(*RUN_BOUNDS["eval_every"]), default=10, show_default=True
+)
 @click.option(
     "--target-accuracy",
     type=click.FloatRange(0, 1),
@@ -272,36 +274,34 @@ def train_one(trun, cfg, run_dir: Path, recorder: Recorder, console: Console, re
     show_default=True,
     help="Update precision: bf16 autocast with fp32 weights and optimiser, or fp32.",
 )
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True
-)
-@click.option("--lr", type=click.FloatRange(min=0), default=3e-5, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1_000_000), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(1e-6, 1e3), default=0.7, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 1), default=3e-5, show_default=True)
 @click.option(
     "--kl-coef",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(0, 1e6),
     default=0.0,
     show_default=True,
     help="KL-to-reference loss coefficient (>0 loads a frozen reference copy).",
 )
 @click.option(
     "--mini-batches",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100_000),
     default=1,
     show_default=True,
     help="Optimiser steps per training step (PPO mini-batches).",
 )
 @click.option(
     "--micro-batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=16,
     show_default=True,
     help="Sequences per forward pass (memory only).",
 )
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1024),
     default=None,
     help="torch CPU threads [default: torch's choice].",
 )
@@ -361,10 +361,6 @@ def train(
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    try:
-        check_outputs(out_dir, runs_dir, "train")
-    except ResultsError as exc:
-        raise usage_error(str(exc)) from None
     trun = _train_modules()
     from trainers.backends import BackendError, check_backend
     from trainers.grpo import GRPOConfig
@@ -382,13 +378,17 @@ def train(
         run_dir = runs / resume_id
         try:
             cfg, done = trun.load_checkpoint_config(run_dir)
+            check_outputs(out_dir, runs_dir, "train")
         except FileNotFoundError:
             raise usage_error(
                 f"run {resume_id!r} has no checkpoint in {run_dir}/checkpoint "
                 f"(finished, or never started)"
             ) from None
+        except (ResultsError, SettingsError) as exc:
+            raise usage_error(str(exc)) from None
         console.print(f"resuming {resume_id} after step {done} of {cfg.steps}")
-        row = train_one(trun, cfg, run_dir, recorder, console, resume=True)
+        with StopFlag(console) as stop:
+            row = train_one(trun, cfg, run_dir, recorder, console, True, stop)
         _report(console, [row], out_dir, runs_dir)
         return
 
@@ -396,38 +396,39 @@ def train(
         specs = parse_specs(methods)
     except SpecError as exc:
         raise usage_error(str(exc)) from None
-    grpo = GRPOConfig(
-        lr=lr,
-        kl_coef=kl_coef,
-        mini_batches=mini_batches,
-        micro_batch_size=micro_batch_size,
-        temperature=temperature,
-    )
-    base = trun.TrainConfig(
-        task=task,
-        dataset=dataset,
-        test_dataset=test_dataset,
-        prompt_field=prompt_field,
-        answer_field=answer_field,
-        train_prompts=train_prompts,
-        test_prompts=test_prompts,
-        model=model,
-        seed=seed,
-        steps=steps,
-        budget=budget,
-        prompts_per_step=prompts_per_step,
-        eval_every=eval_every,
-        target_accuracy=target_accuracy,
-        backend=backend,
-        gen_dtype=gen_dtype,
-        train_dtype=train_dtype,
-        max_new_tokens=max_new_tokens,
-        checkpoint_every=checkpoint_every,
-        grpo=grpo,
-    )
-    configs = [replace(base, method=s.label) for s in specs]
-    # Everything checkable before the (slow) model load: methods, backend, task, model path.
+    # Everything checkable before the (slow) model load and before anything is written: the
+    # settings, methods, backend, task, model path, then the output folders.
     try:
+        grpo = GRPOConfig(
+            lr=lr,
+            kl_coef=kl_coef,
+            mini_batches=mini_batches,
+            micro_batch_size=micro_batch_size,
+            temperature=temperature,
+        )
+        base = trun.TrainConfig(
+            task=task,
+            dataset=dataset,
+            test_dataset=test_dataset,
+            prompt_field=prompt_field,
+            answer_field=answer_field,
+            train_prompts=train_prompts,
+            test_prompts=test_prompts,
+            model=model,
+            seed=seed,
+            steps=steps,
+            budget=budget,
+            prompts_per_step=prompts_per_step,
+            eval_every=eval_every,
+            target_accuracy=target_accuracy,
+            backend=backend,
+            gen_dtype=gen_dtype,
+            train_dtype=train_dtype,
+            max_new_tokens=max_new_tokens,
+            checkpoint_every=checkpoint_every,
+            grpo=grpo,
+        )
+        configs = [replace(base, method=s.label) for s in specs]
         for c in configs:
             trun.check_config(c)
         check_backend(backend)
@@ -438,14 +439,21 @@ def train(
                 f"{len(t.train_prompts)} training prompts"
             )
         resolve_model(model)
-    except (SpecError, BackendError, TaskError, ModelError, ValueError) as exc:
+        check_outputs(out_dir, runs_dir, "train")
+    except (SpecError, BackendError, TaskError, ModelError, ResultsError, ValueError) as exc:
         raise usage_error(str(exc)) from None
 
     rows = []
-    for c in configs:
-        rid = run_id_for(trun.identity(c), config_hash(c.to_dict()))
-        console.print(f"[bold]{c.method}[/] on {c.task_name} with {model}: run {rid}")
-        rows.append(train_one(trun, c, runs / rid, recorder, console, resume=False))
+    with StopFlag(console) as stop:
+        for k, c in enumerate(configs):
+            rid = run_id_for(trun.identity(c), config_hash(c.to_dict()))
+            console.print(f"[bold]{c.method}[/] on {c.task_name} with {model}: run {rid}")
+            rows.append(train_one(trun, c, runs / rid, recorder, console, False, stop))
+            if stop() and k + 1 < len(configs):
+                _report(console, rows, out_dir, runs_dir)
+                left = ", ".join(x.method for x in configs[k + 1 :])
+                console.print(f"stopped by Ctrl-C; not run: {left}", soft_wrap=True)
+                sys.exit(130)
     _report(console, rows, out_dir, runs_dir)
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from allocators import loop
-from allocators.base import PromptStream, validate
-from allocators.loop import RunOutput, Schedule
+from allocators.base import PromptStream, check_numbers, validate
+from allocators.loop import RUN_BOUNDS, RunOutput, Schedule
 from allocators.registry import MethodSpec, parse_spec
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import Scenario, build_world, get_scenario
@@ -30,6 +30,9 @@ class SimConfig:
     prompts_per_step: int = 256
     eval_every: int = 10
     frozen: bool = False
+
+    def __post_init__(self) -> None:
+        check_numbers(self, RUN_BOUNDS)
 
     def spec(self) -> MethodSpec:
         return parse_spec(self.method)

@@ -158,5 +158,6 @@ def test_unwritable_results_folder(tmp_path):
             str(tmp_path / "runs"),
         ],
     )
-    assert r.exit_code == 2 and "not writable" in r.output
+    assert r.exit_code == 2 and "results folder" in r.output and "is not a folder" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from bench import report as R
 from bench.cli import main
-from bench.results import append_rows, config_hash
+from bench.results import LEADERBOARD_COLUMNS, append_rows, config_hash
 
 SEEDS = range(6)
 # final test accuracy per seed: "better" = uniform + 0.05 on every seed (paired), "worse" below
@@ -390,13 +390,29 @@ def test_missing_and_malformed_leaderboards_exit_2(tmp_path):
     bad = tmp_path / "results" / "simulate_leaderboard.csv"
     bad.write_text("not,a,leaderboard\n1,2,3\n")
     _one_error_line(_report(tmp_path), "is not a leaderboard of this schema")
-    append_rows(tmp_path / "ok.csv", synthetic_rows()[:2])
-    text = (tmp_path / "ok.csv").read_text().replace(",0.4,", ",zero point four,", 1)
-    bad.write_text(text)
-    _one_error_line(
-        _report(tmp_path), "column final_test_accuracy: 'zero point four' is not a number"
-    )
-    lines = (tmp_path / "ok.csv").read_text().splitlines()
-    bad.write_text("\n".join([lines[0], lines[1].rsplit(",", 3)[0]]) + "\n")
-    _one_error_line(_report(tmp_path), "is malformed: line 2 has")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_bad_row_is_left_out_with_a_note_not_a_lockout(tmp_path):
+    """One bad row (a non-number, a missing required value, a row of the wrong width, a NaN
+    row from an older version) never locks the report out: it is left out with a note."""
+    bad = tmp_path / "results" / "simulate_leaderboard.csv"
+    bad.parent.mkdir()
+    append_rows(tmp_path / "ok.csv", synthetic_rows()[:3])
+    lines = (tmp_path / "ok.csv").read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[LEADERBOARD_COLUMNS.index("final_test_accuracy")] = "zero point four"
+    short = lines[3].rsplit(",", 3)[0]
+    bad.write_text("\n".join([lines[0], lines[1], ",".join(cells), short]) + "\n")
+    r = _report(tmp_path)
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "line 3: final_test_accuracy 'zero point four' is not a number" in flat
+    assert "line 4: 25 fields, expected 28" in flat
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "row left out" in md and "(1 runs)" in flat
+    # every row bad: one error line, and no report folder changes
+    bad.write_text("\n".join([lines[0], ",".join(cells)]) + "\n")
+    before = sorted(p.name for p in (tmp_path / "report").iterdir())
+    _one_error_line(_report(tmp_path), "no runs in")
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == before

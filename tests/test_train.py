@@ -205,14 +205,17 @@ def test_clip_bounds_the_ratio_with_several_mini_batches():
     assert 0 < stats["clip_frac"] <= 1  # big steps: later mini-batches hit the clip
 
 
-@pytest.mark.parametrize("method", [*sorted(METHODS), "cropi:score=random"])
+@pytest.mark.parametrize("method", [*sorted(METHODS), "cropi:score=random", "gvm@reinforce-ada"])
 def test_every_method_trains_on_variable_groups(smol, method):
     """Each method's step over the trainer's source: the update gets exactly the method's
     samples, advantages and weights, whatever the group sizes."""
     try:
         check_config(TrainConfig(method=method))
     except ValueError as exc:  # CROPI's influence score needs learner gradients
-        assert method == "cropi" and "score=random" in str(exc)
+        # CROPI's influence score needs learner gradients, GVM's rule gradient norms
+        assert (method == "cropi" and "score=random" in str(exc)) or (
+            method == "gvm" and "gvm@reinforce-ada" in str(exc)
+        )
         return
     path, tok = smol
     task = chain_sum(seed=0, num_train=12, num_test=4)
@@ -240,7 +243,7 @@ def test_every_method_trains_on_variable_groups(smol, method):
         assert np.array_equal(s.lengths, [len(e) for e in s.tokens])
         sizes = np.bincount(s.group)
         sizes_differ |= bool(sizes[sizes > 0].min() != sizes.max())
-        if method in ("uniform", "gvm"):
+        if method in ("uniform", "gvm@reinforce-ada"):
             want = group_normalized(s.group, s.rewards, result.prompt_ids.size)
             assert np.allclose(adv, want)
         cfg = GRPOConfig(autocast_bf16=False, micro_batch_size=8)
@@ -256,7 +259,7 @@ def test_every_method_trains_on_variable_groups(smol, method):
         )
         assert np.isfinite(stats["pg_loss"]) and np.isfinite(stats["grad_norm"])
         alloc.observe(result)
-    if method == "gvm":  # revisited prompts get allocations by their history
+    if method == "gvm@reinforce-ada":  # revisited prompts get allocations by their history
         assert sizes_differ
 
 
@@ -420,6 +423,49 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
         assert common <= set(json.loads((f / "config.json").read_text()))
 
 
+def test_ctrl_c_during_the_last_step_stops_the_command(tmp_path, monkeypatch):
+    """One Ctrl-C during a run's last step: that run finished, so it is recorded, and the next
+    method never starts; exit code 130."""
+    import signal
+
+    from trainers import run as trun
+
+    real = trun.run_training
+
+    def ctrl_c_in_last_step(cfg, run_dir, progress, should_stop, resume=False):
+        def on_step(k, row):
+            progress(k, row)
+            if k == cfg.steps:  # after the last step's work, before its stop check
+                should_stop._handle(signal.SIGINT, None)
+
+        return real(cfg, run_dir, on_step, should_stop, resume=resume)
+
+    monkeypatch.setattr(trun, "run_training", ctrl_c_in_last_step)
+    r = cli(
+        [
+            "--methods",
+            "uniform,knapsack",
+            "--steps",
+            "1",
+            "--budget",
+            "4",
+            "--prompts-per-step",
+            "2",
+            "--train-prompts",
+            "8",
+            "--test-prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+        tmp_path,
+    )
+    assert r.exit_code == 130, r.output
+    assert "not run: knapsack" in r.output
+    df = pd.read_csv(tmp_path / "results" / "train_leaderboard.csv")
+    assert df["method"].tolist() == ["uniform"]
+
+
 # --------------------------------------------------------------------------------------------
 # bad input: one line, exit code 2, nothing written
 # --------------------------------------------------------------------------------------------
@@ -451,8 +497,22 @@ def test_bad_inputs_fail_with_one_line(tmp_path, monkeypatch):
     _one_error_line(cli(["--backend", "vllm"], tmp_path), "vLLM", "pip install")
     _one_error_line(cli(["--methods", "nosuch"], tmp_path), "unknown method")
     _one_error_line(cli(["--resume", "no-such-run"], tmp_path), "no-such-run")
-    assert not (tmp_path / "results" / "train_leaderboard.csv").exists()
-    assert not any((tmp_path / "runs").iterdir())
+    cfg = tmp_path / "model"
+    cfg.mkdir()
+    for content, words in (("{}", "names no model_type"), ("not json", "is not valid JSON")):
+        (cfg / "config.json").write_text(content)
+        _one_error_line(cli(["--model", str(cfg)], tmp_path), "config.json", words)
+    _one_error_line(cli(["--lr", "nan"], tmp_path), "grpo.lr must be a finite number")
+    _one_error_line(cli(["--seed", str(2**70)], tmp_path), "--seed")
+    _one_error_line(cli(["--steps", "99999999999999999999"], tmp_path), "--steps")
+    # bad input writes nothing: not even the results and runs folders
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    for name, content in (("empty", b""), ("corrupt", b"\x00garbage" * 50)):
+        ck = tmp_path / "runs" / name / "checkpoint"
+        ck.mkdir(parents=True)
+        (ck / "state.pt").write_bytes(content)
+        _one_error_line(cli(["--resume", name], tmp_path), "checkpoint", "start the run again")
+    assert not (tmp_path / "results").exists()
 
 
 def test_datasets_load_from_jsonl_and_parquet(tmp_path):

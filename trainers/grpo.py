@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from allocators.base import check_numbers
+
 
 @dataclass(frozen=True)
 class GRPOConfig:
@@ -55,6 +57,22 @@ class GRPOConfig:
     micro_batch_size: int = 16  # sequences per forward pass
     temperature: float = 0.7  # sampling temperature the log-probs are taken at
     autocast_bf16: bool = False  # bf16 autocast for forward/backward (weights stay fp32)
+
+    bounds = {
+        "lr": (0.0, 1.0),
+        "weight_decay": (0.0, 1e3),
+        "max_grad_norm": (0.0, 1e6),
+        "clip_low": (0.0, 1.0),
+        "clip_high": (0.0, 1e3),
+        "clip_ratio_c": (1.0, 1e6),
+        "kl_coef": (0.0, 1e6),
+        "mini_batches": (1, 100_000),
+        "micro_batch_size": (1, 1_000_000),
+        "temperature": (1e-6, 1e3),
+    }
+
+    def __post_init__(self) -> None:
+        check_numbers(self, self.bounds, "grpo.")
 
 
 @dataclass

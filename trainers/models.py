@@ -17,6 +17,7 @@ HF cache; nothing is downloaded at run time (``local_files_only``). Anything els
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -99,6 +100,7 @@ def resolve_model(name: str) -> str:
             raise ModelError(
                 f"model folder {p} has no config.json (expected a Hugging Face model folder)"
             )
+        check_model_config(p / "config.json")
         return str(p)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         try:
@@ -116,10 +118,35 @@ def resolve_model(name: str) -> str:
     )
 
 
+def check_model_config(path: Path) -> None:
+    """A model folder's ``config.json`` is a JSON object that names a model type transformers
+    knows; ``ModelError`` (one line) otherwise, before anything is loaded."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ModelError(f"{path} names no model_type (not a Hugging Face model config)")
+    from transformers import CONFIG_MAPPING
+
+    if config["model_type"] not in CONFIG_MAPPING:
+        raise ModelError(
+            f"{path}: model_type {config['model_type']!r} is unknown to this transformers"
+        )
+
+
+def _load_error(what: str, path: str, exc: BaseException) -> ModelError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ModelError(f"cannot load the {what} of {path!r}: {first}")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _load_error("tokenizer", path, exc) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -134,8 +161,8 @@ def load_model(path: str, dtype=None):
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, local_files_only=True
         )
-    except OSError as exc:
-        raise ModelError(f"cannot load model {path!r}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise _load_error("model", path, exc) from None
 
 
 def bf16_supported(device: str = "cpu") -> bool:

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from allocators import loop
-from allocators.base import PromptStream, SettingsError, StepResult, validate
+from allocators.base import PromptStream, SettingsError, StepResult, check_numbers, validate
 from allocators.loop import (
     LEARN_STATS,
+    RUN_BOUNDS,
     Histogram,
     Interrupted,
     Progress,
@@ -73,6 +74,19 @@ class TrainConfig:
     top_p: float = 1.0
     checkpoint_every: int = 10
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+    bounds = {
+        **RUN_BOUNDS,
+        "train_prompts": (0, 10_000_000),
+        "test_prompts": (1, 10_000_000),
+        "gen_batch_size": (1, 1_000_000),
+        "max_new_tokens": (1, 1_000_000),
+        "top_p": (0.0, 1.0),
+        "checkpoint_every": (1, 100_000),
+    }
+
+    def __post_init__(self) -> None:
+        check_numbers(self, self.bounds)
 
     def spec(self) -> MethodSpec:
         return parse_spec(self.method)
@@ -295,7 +309,7 @@ def run_training(
 
     start = None
     if resume:
-        state = torch.load(ckpt_dir / "state.pt", weights_only=False, map_location="cpu")
+        state = _load_state(ckpt_dir / "state.pt")
         policy.model.load_state_dict(state["model"])
         policy.optimizer.load_state_dict(state["optimizer"])
         allocator.load_state_dict(state["allocator"])
@@ -349,13 +363,42 @@ def run_training(
 
 def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:
     """The config and completed steps of a resumable run (``FileNotFoundError`` if none)."""
-    import torch
 
     path = Path(run_dir) / "checkpoint" / "state.pt"
     if not path.is_file():
         raise FileNotFoundError(str(path))
-    state = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
-    return TrainConfig.from_dict(state["config"]), int(state["step"])
+    state = _load_state(path, mmap=True)
+    try:
+        return TrainConfig.from_dict(state["config"]), int(state["step"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SettingsError(f"checkpoint {path} is damaged ({exc}); start the run again") from None
+
+
+def _load_state(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint's state dict; ``SettingsError`` (one line) for an empty or corrupt file."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    if path.stat().st_size == 0:
+        raise SettingsError(f"checkpoint {path} is empty; start the run again")
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu", mmap=mmap)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as exc:
+        raise SettingsError(
+            f"checkpoint {path} is damaged (torch.load: {type(exc).__name__}); start the run again"
+        ) from None
+    if not isinstance(state, dict):
+        raise SettingsError(f"checkpoint {path} is not a checkpoint of bench train")
+    return state
 
 
 __all__ = [
