@@ -32,6 +32,21 @@ def group_normalized(
     )
 
 
+def sqrt_mean_normalized(
+    group: np.ndarray, rewards: np.ndarray, num_groups: int, eps: float = GRPO_EPS
+) -> np.ndarray:
+    """A = (r − mean_g) / (√mean_g + eps): the ``norm_adv_by_std_in_grpo`` branch of
+    ``BaohaoLiao/Reinforce-Ada`` ``core_algos.py`` at a24d553c (Reinforce-Ada-Est's release,
+    docs/methods.md#ada-est). A group of one has mean 0 (verl's rule), so its advantage is r / eps;
+    a group of binary rewards has √mean = √p̂ in place of the std √(p̂(1 − p̂)·n/(n − 1))."""
+    group = np.asarray(group, np.int64)
+    rewards = np.asarray(rewards, np.float64)
+    n = np.bincount(group, minlength=int(num_groups))
+    total = np.bincount(group, weights=rewards, minlength=int(num_groups))
+    mean = np.where(n > 1, total / np.maximum(n, 1), 0.0)
+    return (rewards - mean[group]) / (np.sqrt(mean[group]) + eps)
+
+
 def clip(advantages: np.ndarray, limit: float) -> np.ndarray:
     """Clip to ±limit (Knapsack RL's ``adv_clip_value`` = 5, docs/methods.md#knapsack)."""
     return np.clip(advantages, -limit, limit)

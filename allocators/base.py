@@ -30,7 +30,11 @@ import numpy as np
 from allocators._kernels import group_counts
 
 # What a rollout source can provide beyond rewards and lengths; a method lists what it needs.
-Need = Literal["answers", "gradients", "true_rates"]
+# ``grad_norms``: ``grad_norms(samples)``, the norm of each response's ∇ log π (GVM).
+Need = Literal["answers", "gradients", "grad_norms", "true_rates"]
+
+# ``Samples.answers`` of a response whose final answer could not be extracted
+NO_ANSWER = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +47,8 @@ class Samples:
     ``prompt_ids``: dataset index of the prompt; ``group``: the prompt's position in the request
     (as a source returns them) or in the step's batch (after ``Step.sample``); ``rewards``: 0.0 or
     1.0; ``lengths``: response length in tokens; ``answers``: 0 for a correct response, else an id
-    per distinct wrong extracted answer of the prompt (sources that can tell them apart);
+    ≥ 1 per distinct wrong extracted answer of the prompt, ``NO_ANSWER`` (−1) where none could be
+    extracted (sources that can tell them apart);
     ``tokens``: the response token ids (the trainer, for its update).
     """
 
@@ -219,6 +224,18 @@ class PromptStream:
         need = k - head.size
         self._pos = need
         return np.concatenate([head, order[:need]])
+
+    def export(self) -> tuple[np.ndarray, int, int]:
+        """(order, position, epoch): the state a compiled selection loop continues from; it
+        draws the next epochs' permutations from ``self.rng`` as ``take`` does and hands the
+        state back through ``resume``."""
+        return self._order, self._pos, self.epoch
+
+    def resume(self, order: np.ndarray, pos: int, epoch: int) -> None:
+        """Continue from a state ``export`` gave and a compiled loop advanced."""
+        if order.shape != (self.num_prompts,) or not 0 <= pos <= self.num_prompts:
+            raise ValueError("not a state of this stream")
+        self._order, self._pos, self.epoch = order, int(pos), int(epoch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "order": self._order.tolist(), "pos": self._pos}

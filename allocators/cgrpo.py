@@ -33,7 +33,9 @@ enter the step's batch as extra groups with no trained response.
 
 Answers. ``Samples.answers``: 0 = the correct answer, 1..K the others (the simulator's
 distractors, ``simulator/kernels.py::draw``; the trainer's distinct extracted answers per prompt,
-``trainers/source.py``). A source without answers (``answers is None``) falls back to the
+``trainers/source.py``), ``NO_ANSWER`` (−1) a response whose answer could not be extracted: as in
+``trl-cgrpo``'s ``conformal.py`` (empty strings), it counts in k but carries no probability mass,
+so it never forms a singleton of its own. A source without answers (``answers is None``) falls back to the
 reward as the answer (correct vs. "wrong"), which makes the set a singleton when the responses
 agree on correctness.
 
@@ -57,15 +59,18 @@ from allocators.base import Allocator, AllocatorConfig, Capabilities, Samples, S
 
 @njit(cache=True)
 def add_answers(counts, group, answers, offset):
-    """counts[group − offset, answer] += 1 for each response."""
+    """counts[group − offset, answer] += 1 for each response with an extracted answer (a failed
+    extraction, ``NO_ANSWER``, carries no mass)."""
     for j in range(group.shape[0]):
-        counts[group[j] - offset, answers[j]] += 1
+        if answers[j] >= 0:
+            counts[group[j] - offset, answers[j]] += 1
 
 
 @njit(cache=True)
 def singleton(active, counts, offset, k, qhat):
     """Per active group: is the APS set of its first ``k`` answers a complete singleton, i.e. does
-    its most frequent answer have mass ≥ q̂?"""
+    its most frequent extracted answer have mass (count / k, failed extractions in k) ≥ q̂? No
+    extracted answer: an empty set, never a singleton (``conformal.py::resolves_singleton``)."""
     out = np.zeros(active.shape[0], np.bool_)
     for a in range(active.shape[0]):
         row = counts[active[a] - offset]
@@ -73,7 +78,7 @@ def singleton(active, counts, offset, k, qhat):
         for v in range(row.shape[0]):
             if row[v] > top:
                 top = row[v]
-        out[a] = top / k >= qhat
+        out[a] = top > 0 and top / k >= qhat
     return out
 
 
@@ -81,7 +86,8 @@ def singleton(active, counts, offset, k, qhat):
 def aps_scores(answers, grid, u_mass, u_tie, width):
     """Randomised APS score of the correct answer (0) for each calibration prompt (rows of
     ``answers``, in generation order) at each budget of ``grid``: mass of the answers ranked ahead
-    (more frequent, or tied and drawn ahead) + U·p(correct); 1.0 if the correct answer is absent."""
+    (more frequent, or tied and drawn ahead) + U·p(correct); 1.0 if the correct answer is absent.
+    Failed extractions (``NO_ANSWER``) count in k but carry no mass and rank nowhere."""
     m = answers.shape[0]
     out = np.ones((m, grid.shape[0]))
     counts = np.zeros(width, np.int64)
@@ -91,7 +97,8 @@ def aps_scores(answers, grid, u_mass, u_tie, width):
         for b in range(grid.shape[0]):
             k = grid[b]
             while drawn < k:
-                counts[answers[i, drawn]] += 1
+                if answers[i, drawn] >= 0:
+                    counts[answers[i, drawn]] += 1
                 drawn += 1
             c0 = counts[0]
             if c0 == 0:
@@ -214,7 +221,7 @@ class Cgrpo(Allocator):
         s = step.sample(groups, np.full(groups.size, k_max, np.int64))
         ans = answers_of(s)
         rows = calibration_rows(s.group, ans, int(groups[0]), groups.size, k_max)
-        width = int(ans.max()) + 1 if ans.size else 1
+        width = max(int(ans.max()) + 1, 1) if ans.size else 1
         u = self.rng.random((2, groups.size, grid.size))
         scores = aps_scores(rows, grid, u[0], u[1], width)
         n = groups.size

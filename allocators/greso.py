@@ -44,10 +44,35 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from allocators._prompts import take_distinct
 from allocators.base import Allocator, AllocatorConfig, Capabilities, Step, TrainBatch
 from allocators.dapo import mixed_groups, train_kept_groups
 from allocators.stats import PromptStats
+
+
+@njit(cache=True, inline="always")
+def _streak(i, win_n, win_s, win_pos, win_fill):
+    """(easy, hard) streak of prompt ``i`` from its visit window (latest visit first)."""
+    cap = win_n.shape[1]
+    pos = win_pos[i]
+    k_easy = 0
+    k_hard = 0
+    easy_open = True
+    hard_open = True
+    for _t in range(win_fill[i]):
+        pos = pos - 1 if pos > 0 else cap - 1
+        n = win_n[i, pos]
+        s = win_s[i, pos]
+        if easy_open and n > 0 and s == n:
+            k_easy += 1
+        else:
+            easy_open = False
+        if hard_open and s == 0:
+            k_hard += 1
+        else:
+            hard_open = False
+        if not easy_open and not hard_open:
+            break
+    return k_easy, k_hard
 
 
 @njit(cache=True)
@@ -56,31 +81,171 @@ def streaks(ids, win_n, win_s, win_pos, win_fill):
     m = ids.shape[0]
     easy = np.zeros(m, np.int64)
     hard = np.zeros(m, np.int64)
-    cap = win_n.shape[1]
     for a in range(m):
-        i = ids[a]
-        pos = win_pos[i]
-        k_easy = 0
-        k_hard = 0
-        easy_open = True
-        hard_open = True
-        for _t in range(win_fill[i]):
-            pos = pos - 1 if pos > 0 else cap - 1
-            n = win_n[i, pos]
-            s = win_s[i, pos]
-            if easy_open and n > 0 and s == n:
-                k_easy += 1
-            else:
-                easy_open = False
-            if hard_open and s == 0:
-                k_hard += 1
-            else:
-                hard_open = False
-            if not easy_open and not hard_open:
-                break
-        easy[a] = k_easy
-        hard[a] = k_hard
+        easy[a], hard[a] = _streak(ids[a], win_n, win_s, win_pos, win_fill)
     return easy, hard
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, inline="always")
+def _splitmix(state):
+    """SplitMix64: the next (state, 64 random bits)."""
+    state = state + _GOLDEN
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _uniform(state):
+    """(state, a double uniform on [0, 1)) from the top 53 bits."""
+    state, z = _splitmix(state)
+    return state, float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, inline="always")
+def _below(state, bound):
+    """(state, an integer uniform on [0, bound)), bound < 2**32: Lemire's multiply-shift with
+    rejection (unbiased)."""
+    b = np.uint64(bound)
+    threshold = (np.uint64(1 << 32) - b) % b
+    while True:
+        state, z = _splitmix(state)
+        x = (z >> np.uint64(32)) * b
+        if (x & np.uint64(0xFFFFFFFF)) >= threshold:
+            return state, np.int64(x >> np.uint64(32))
+
+
+@njit(cache=True, inline="always")
+def _serve(x, taken, ids, m):
+    """``take_distinct``'s filter on one served prompt: keep it unless already flagged."""
+    if taken[x]:
+        return m
+    taken[x] = True
+    ids[m] = x
+    return m + 1
+
+
+@njit(cache=True)
+def _next_epoch(order, pos, stream_rng):
+    """The next epoch's order, as ``PromptStream.take`` builds it: a uniformly random order of
+    the pool, the prompts left in the old epoch (``order[pos:]``) postponed to its end. The
+    shuffle (Fisher-Yates) draws from a SplitMix64 seeded by one draw of ``stream_rng``."""
+    n_pool = order.shape[0]
+    head = order[pos:]
+    mark = np.zeros(n_pool, np.bool_)
+    for t in range(head.shape[0]):
+        mark[head[t]] = True
+    nxt = np.empty(n_pool, np.int64)
+    j = 0
+    for x in range(n_pool):
+        if not mark[x]:
+            nxt[j] = x
+            j += 1
+    for t in range(head.shape[0]):
+        nxt[j + t] = head[t]
+    state = np.uint64(stream_rng.integers(0, 1 << 62))
+    for t in range(j - 1, 0, -1):
+        state, r = _below(state, t + 1)
+        tmp = nxt[t]
+        nxt[t] = nxt[r]
+        nxt[r] = tmp
+    return nxt
+
+
+@njit(cache=True)
+def filter_prompts(
+    order, pos, epoch, stream_rng, k, chunk, taken, easy_of, hard_of, rng, p_easy, p_hard, floor
+):
+    """GRESO's pre-rollout filter for one sampling batch, in one compiled loop.
+
+    Chunk by chunk until at least ``k`` prompts are kept: a chunk is the next ``chunk`` prompts
+    of the epoch stream not flagged in ``taken`` (``take_distinct`` over ``PromptStream.take``,
+    restated here on the stream's state ``order``, ``pos``, ``epoch``: at the epoch's end a new
+    random order, ``_next_epoch``); they are flagged, their streaks read (``easy_of``,
+    ``hard_of``: every prompt's, which change only between steps) and tested as ``skip_mask``
+    does, and the skipped ones unflagged. A chunk comes back short only when the pool has no
+    unflagged prompt left; an empty one ends the loop. The tests' uniforms come from a
+    SplitMix64 seeded by one draw of ``rng``, one uniform per test made (an easy test when the
+    easy streak is positive, then a hard test when the prompt was not skipped and its hard streak
+    is positive).
+
+    Returns (kept prompts in order, skipped count, the stream's new order, pos and epoch).
+    """
+    n_pool = order.shape[0]
+    out = np.empty(k + chunk, np.int64)  # a chunk starts below k and adds at most chunk
+    ids = np.empty(chunk, np.int64)
+    state = np.uint64(rng.integers(0, 1 << 62))
+    # skip thresholds by streak length: 1 − max(p^streak, floor)
+    longest = max(easy_of.max(), hard_of.max()) if n_pool else 0
+    thr_easy = np.empty(longest + 1)
+    thr_hard = np.empty(longest + 1)
+    for t in range(longest + 1):
+        thr_easy[t] = 1.0 - max(p_easy**t, floor)
+        thr_hard[t] = 1.0 - max(p_hard**t, floor)
+    have = 0
+    skipped = 0
+    while have < k:
+        m = 0
+        need = chunk
+        served = 0
+        while need > 0 and served < 2 * n_pool:
+            kk = min(need, n_pool)
+            if pos + kk <= n_pool:
+                for t in range(pos, pos + kk):
+                    m = _serve(order[t], taken, ids, m)
+                pos += kk
+            else:
+                head = order[pos:].copy()
+                epoch += 1
+                order = _next_epoch(order, pos, stream_rng)
+                for t in range(head.shape[0]):
+                    m = _serve(head[t], taken, ids, m)
+                pos = kk - head.shape[0]
+                for t in range(pos):
+                    m = _serve(order[t], taken, ids, m)
+            served += kk
+            need = chunk - m
+        if m == 0:
+            break
+        for a in range(m):
+            i = ids[a]
+            easy = easy_of[i]
+            hard = hard_of[i]
+            skip = False
+            if easy > 0:
+                state, u = _uniform(state)
+                skip = u < thr_easy[easy]
+            if not skip and hard > 0:
+                state, u = _uniform(state)
+                skip = u < thr_hard[hard]
+            if skip:
+                taken[i] = False
+                skipped += 1
+            else:
+                out[have] = i
+                have += 1
+    return out[:have].copy(), skipped, order, pos, epoch
+
+
+@njit(cache=True)
+def update_streaks(ids, generated, successes, win_fill, easy_of, hard_of):
+    """Advance the cached streaks by one step's visits (after ``PromptStats`` recorded them):
+    an all-correct visit extends the easy streak and ends the hard one, an all-wrong visit the
+    reverse, a mixed one ends both; a streak never exceeds the visits in the window."""
+    for a in range(ids.shape[0]):
+        n = generated[a]
+        if n == 0:
+            continue  # no visit recorded
+        i = ids[a]
+        s = successes[a]
+        easy_of[i] = min(easy_of[i] + 1, win_fill[i]) if s == n else 0
+        hard_of[i] = min(hard_of[i] + 1, win_fill[i]) if s == 0 else 0
 
 
 @njit(cache=True)
@@ -178,6 +343,14 @@ class Greso(Allocator):
         self.p_hard = self.config.p_hard
         self._sampled = self._easy = self._hard = 0
         self._epoch = 0
+        self._refresh_streaks()
+
+    def _refresh_streaks(self) -> None:
+        """Cache every prompt's streaks from the visit windows (the filter reads them from here;
+        ``observe`` advances them with ``update_streaks``)."""
+        s = self.stats
+        ids = np.arange(self.num_prompts, dtype=np.int64)
+        self.easy_streak, self.hard_streak = streaks(ids, s.win_n, s.win_s, s.win_pos, s.win_fill)
 
     def group_size(self, step: Step) -> int:
         n = self.config.group_size
@@ -188,21 +361,25 @@ class Greso(Allocator):
     ) -> tuple[np.ndarray, int]:
         """Filtered prompts, drawn chunk by chunk until at least ``k`` pass; also the number
         skipped."""
-        s = self.stats
-        parts, have, skipped = [], 0, 0
-        while have < k:
-            ids = take_distinct(step, chunk, taken)
-            if ids.size == 0:
-                break
-            easy, hard = streaks(ids, s.win_n, s.win_s, s.win_pos, s.win_fill)
-            u = self.rng.random((2, ids.size))
-            skip = skip_mask(easy, hard, u[0], u[1], self.p_easy, self.p_hard, self.config.floor)
-            taken[ids[skip]] = False  # skipped prompts are not in the batch
-            keep = ids[~skip]
-            parts.append(keep)
-            have += keep.size
-            skipped += int(skip.sum())
-        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), skipped
+        stream = step.stream
+        order, pos, epoch = stream.export()
+        kept, skipped, order, pos, epoch = filter_prompts(
+            order,
+            pos,
+            epoch,
+            stream.rng,
+            k,
+            chunk,
+            taken,
+            self.easy_streak,
+            self.hard_streak,
+            self.rng,
+            self.p_easy,
+            self.p_hard,
+            self.config.floor,
+        )
+        stream.resume(order, pos, epoch)
+        return kept, skipped
 
     def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
         c = self.config
@@ -235,7 +412,9 @@ class Greso(Allocator):
                 break
             zero_var = 1.0 - mixed.sum() / groups.size
             if zero_var < 1.0:
-                est = int((target - n_kept) / (1.0 - zero_var) * c.estimate_inflation)
+                # the code's arithmetic, in responses: int(reminder / (1 − zvr) / n × 1.25)
+                reminder = (target - n_kept) * n
+                est = int(reminder / (1.0 - zero_var) / n * c.estimate_inflation)
             else:
                 est = default_bs
             if est <= default_bs:
@@ -255,6 +434,14 @@ class Greso(Allocator):
 
     def observe(self, result) -> None:
         super().observe(result)
+        update_streaks(
+            np.asarray(result.prompt_ids, np.int64),
+            result.counts.generated,
+            result.counts.successes,
+            self.stats.win_fill,
+            self.easy_streak,
+            self.hard_streak,
+        )
         c = self.config
         if self._epoch > 0 and self._sampled > 0:
             easy_ratio = self._easy / self._sampled
@@ -274,5 +461,6 @@ class Greso(Allocator):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        self._refresh_streaks()
         self.p_easy = float(state["p_easy"])
         self.p_hard = float(state["p_hard"])

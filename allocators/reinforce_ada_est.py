@@ -20,12 +20,15 @@ Faithful to the co-author's code, ``BaohaoLiao/Reinforce-Ada`` ``verl/trainer/pp
   part, repeated); overflow that fits nowhere is dropped (the code's warning);
 - every response trains (no down-sampling).
 
-Advantage (docs/methods.md item 4, settled by reading ``core_algos.py``): the returned weights enter only on the
-``norm_adv_by_std_in_grpo=False`` branch, as A = w·(r − mean). The release script runs with
-``norm_adv_by_std_in_grpo=True`` and ``global_stat_est=False``, so the weights never reach the
-loss: A = (r − mean)/(std + 1e-6) per prompt, verl's GRPO (a group of one: mean 0, std 1).
-``advantage="grpo"`` (default) is the script; ``advantage="weighted"`` is the code's other branch,
-A = w·(r − mean) with the allocation weight w = 1/√p̂ (the paper's "hybrid" 1/√p in the gradient).
+Advantage (docs/methods.md#ada-est). The release script ``scripts/run_reinforce_ada_est.sh``
+(stored version ``0ccbb734``) runs ``norm_adv_by_std_in_grpo=True``, ``global_stat_est=False``
+under the run name ``..._noglobal_adv_sqrt_p``; the ``core_algos.py`` that names (``a24d553c``)
+divides on that branch by √mean instead of the std, the std left commented out on the same line:
+A = (r − mean)/(√mean + 1e-6) (``advantage="sqrt_p"``, default; a group of one has mean 0, so
+A = r/1e-6). ``advantage="grpo"`` is the other stored ``core_algos.py`` (``19978331``), verl's
+(r − mean)/(std + 1e-6); ``advantage="weighted"`` is the code's ``norm_adv_by_std_in_grpo=False``
+branch, A = w·(r − mean) with the allocation weight w = 1/√p̂ (the paper's "hybrid" 1/√p in the
+gradient); the returned weights enter only there.
 Since all responses train, the pool mean and the group mean coincide.
 """
 
@@ -37,7 +40,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-from allocators.advantages import GRPO_EPS, group_normalized
+from allocators.advantages import GRPO_EPS, group_normalized, sqrt_mean_normalized
 from allocators.base import (
     AllocatorConfig,
     Capabilities,
@@ -138,7 +141,8 @@ class ReinforceAdaEstConfig(AllocatorConfig):
     total_factor: int = 1  # Q7: 1 (code), 2 (docstring)
     min_budget: int = 1  # base_each
     max_budget: int = 32  # max_budget_per_prompt
-    advantage: Literal["grpo", "weighted"] = "grpo"
+    # sqrt_p: (r − mean)/(√mean + 1e-6), the release (docs/methods.md#ada-est); grpo: / (std + 1e-6)
+    advantage: Literal["sqrt_p", "grpo", "weighted"] = "sqrt_p"
 
     def __post_init__(self):
         super().__post_init__()
@@ -182,7 +186,9 @@ class ReinforceAdaEst(StaticAllocator):
         return est_allocate(w, int(total), c.min_budget, c.max_budget), {}
 
     def build(self, step: Step, samples: Samples) -> TrainBatch:
-        if self.config.advantage == "grpo":
+        if self.config.advantage == "sqrt_p":
+            adv = sqrt_mean_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS)
+        elif self.config.advantage == "grpo":
             adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, True)
         else:
             adv = group_normalized(samples.group, samples.rewards, step.num_groups, GRPO_EPS, False)

@@ -1,13 +1,37 @@
-"""Variance-optimal allocation, GVM style (docs/methods.md#gvm): rollouts per prompt in
-proportion to the gradient-variance-minimising share, n_i ∝ √((1 − p_i)/p_i).
+"""GVM (docs/methods.md#gvm): rollouts per prompt that minimise the variance of the gradient
+estimate, from a fresh estimate of each prompt's success rate and gradient norm.
 
-Sources. GVM-RAFT (Yao et al. 2025, arXiv 2505.02391, ``RLHFlow/GVM``) sets n_i to minimise the
-variance of the gradient estimate given per-prompt success rates estimated from earlier samples;
-Reinforce-Ada v3 (arXiv 2510.04996) Appendix B derives the optimum for the log objective with a
-Reinforce-with-baseline gradient, σ²(x) ∝ p(1 − p): n_i* ∝ √((1 − p_i)/p_i) (``objective="log"``,
-default), and for RAFT, σ² ∝ p: n_i* ∝ 1/√p_i (``objective="raft"``, preset ``gvm@raft``).
+**Default (``rule="gvm"``): the official code**, ``RLHFlow/GVM`` at ``d640a754``
+(``em/run_em.sh`` and ``runs/scripts/run_em.sh``, ``em/stage_1_collect_data.py``,
+``em/stage_2_calc_acceptRates_grads.py``, ``em/stage_2_calc_sample_size.py``). Every EM iteration
+(here: every step, on the step's prompts):
 
-Choices the sources leave open (docs/methods.md), documented here:
+1. **E-step pass**: ``em_samples`` = 8 fresh samples of each prompt by the current policy
+   (``stage_1_samples_per_prompt=8``). They are generated through ``Step.sample`` (so the run's
+   rollouts and tokens count them) and never trained (``spend="own"``: a step generates
+   8 × prompts on top of the budget).
+2. p_i = correct / 8; G_i = mean over prompt i's correct samples of ‖∇ log π(y|x)‖ (the
+   source's ``grad_norms``; 0 without a correct sample).
+3. n_i ∝ G_i / √(p_i + α / p_i^(β−1)), α = 0.001, β = 2 (``run_em.sh``: ``alpha=0.001``,
+   ``beta=2.0``), so n_i ∝ G_i/√(p_i + α/p_i); a prompt with p_i = 0 or G_i = 0 gets **zero**.
+   No bounds.
+4. Integers: ``np.round`` of share × budget, then the residual fix of
+   ``float_to_int_preserve_sum`` (the |error| largest residuals get ±1), so Σ n_i = budget.
+   If every weight is zero the step trains on nothing (verl's ``if sum(sample_size) == 0:
+   continue``, "skip empty batch").
+5. The n_i samples are generated fresh (verl's rollout with ``sample_sizes``) and all train with
+   verl's GRPO advantage, A = (r − mean)/(std + 1e-6) (``algorithm=grpo``; a group of one has
+   mean 0 and std 1).
+
+The source must provide ``grad_norms`` (``Capabilities.needs``): the simulator computes the
+norm exactly; the trainer does not, and ``validate`` refuses ``gvm`` there with one line naming
+``gvm@reinforce-ada``.
+
+**``rule="reinforce-ada"``** (preset ``gvm@reinforce-ada``; ``gvm@raft``): the closed forms of
+Reinforce-Ada v3 (arXiv 2510.04996) Appendix B from the prompts' history, no extra pass: the log
+objective with a Reinforce-with-baseline gradient, σ²(x) ∝ p(1 − p), gives
+n_i* ∝ √((1 − p_i)/p_i) (``objective="log"``), RAFT, σ² ∝ p, gives n_i* ∝ 1/√p_i
+(``objective="raft"``). Choices the appendix leaves open:
 
 - **p̂**: posterior mean of ``PromptStats.ema`` counts (decay ``ema_decay`` = 0.9 per visit, as
   Reinforce-Ada-Est) under a Beta(``prior_alpha``, ``prior_beta``) = Beta(1, 1) prior, so an
@@ -26,8 +50,8 @@ Choices the sources leave open (docs/methods.md), documented here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol, cast
 
 import numpy as np
 from numba import njit
@@ -42,6 +66,39 @@ from allocators.base import (
     TrainBatch,
 )
 from allocators.stats import PromptStats
+
+
+class GradNormSource(Protocol):
+    """What the official rule needs from the source (``Need`` ``grad_norms``)."""
+
+    def grad_norms(self, samples: Samples) -> np.ndarray:
+        """‖∇_θ log π_θ(y|x)‖ of each response at the current policy."""
+        ...
+
+
+def gvm_weights(p: np.ndarray, g: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """``calc_sample_ratio``'s unnormalised sizes: G / √(p + α / p^(β−1)), zero where p = 0 or
+    G = 0."""
+    p = np.asarray(p, np.float64)
+    g = np.asarray(g, np.float64)
+    out = np.zeros(p.shape)
+    ok = (p > 0) & (g > 0)
+    out[ok] = g[ok] / np.sqrt(p[ok] + alpha / np.power(p[ok], beta - 1.0))
+    return out
+
+
+def round_preserving_sum(shares: np.ndarray, total: int) -> np.ndarray:
+    """``float_to_int_preserve_sum``: ``np.round(shares × total)``, then the rounding error
+    fixed by ±1 on the |error| entries with the largest residual in its direction (``np.argsort``
+    of −residual when short, of residual when over)."""
+    scaled = np.asarray(shares, np.float64) * int(total)
+    out = np.round(scaled).astype(np.int64)
+    error = int(total) - int(out.sum())
+    if error != 0:
+        residuals = scaled - out
+        idx = np.argsort(-residuals if error > 0 else residuals)[: abs(error)]
+        out[idx] += np.sign(error)
+    return out
 
 
 @njit(cache=True)
@@ -114,8 +171,17 @@ class VarianceOptimalConfig(AllocatorConfig):
         "p_clip": (0.0, 0.5),
         "min_n": (1, 100_000),
         "max_n": (1, 100_000),
+        "alpha": (0.0, 1e3),
+        "beta": (0.0, 10.0),
+        "em_samples": (1, 100_000),
     }
 
+    rule: Literal["gvm", "reinforce-ada"] = "gvm"  # the official code; Reinforce-Ada v3 App. B
+    # rule="gvm" (RLHFlow/GVM em/run_em.sh): n ∝ G/√(p + α/p^(β−1)) from a fresh pass
+    alpha: float = 1e-3
+    beta: float = 2.0
+    em_samples: int = 8  # stage_1_samples_per_prompt
+    # rule="reinforce-ada": closed forms from the prompts' history
     objective: Literal["log", "raft"] = "log"  # log: √((1−p)/p); raft: 1/√p
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
@@ -139,14 +205,70 @@ class VarianceOptimal(StaticAllocator):
     name = "gvm"
     Config = VarianceOptimalConfig
     caps = Capabilities(
-        spend="budget", min_rollouts_per_prompt=2, presets={"raft": {"objective": "raft"}}
+        spend="budget",
+        min_rollouts_per_prompt=2,
+        presets={
+            "reinforce-ada": {"rule": "reinforce-ada"},
+            "raft": {"rule": "reinforce-ada", "objective": "raft"},
+        },
     )
+
+    def capabilities(self) -> Capabilities:
+        if self.config.rule == "gvm":  # the E-step pass comes on top of the budget
+            return replace(
+                self.caps,
+                spend="own",
+                min_rollouts_per_prompt=1,
+                needs=frozenset({"grad_norms"}),
+                instead="gvm@reinforce-ada",
+            )
+        return self.caps
 
     def reset(self, num_prompts: int, rng: np.random.Generator) -> None:
         super().reset(num_prompts, rng)
-        self.stats = PromptStats(
-            num_prompts, reward_buffer=0, visit_window=0, ema_decay=self.config.ema_decay
+        if self.config.rule == "reinforce-ada":  # the official rule keeps no history
+            self.stats = PromptStats(
+                num_prompts, reward_buffer=0, visit_window=0, ema_decay=self.config.ema_decay
+            )
+
+    # -- rule="gvm": the official EM step -------------------------------------------------
+    def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
+        if self.config.rule != "gvm":
+            return super().run_step(step)
+        c = self.config
+        groups = step.take_prompts()
+        m = groups.size
+        em = step.sample(groups, np.full(m, c.em_samples, np.int64))
+        p, g = self.em_estimates(step, em, groups)
+        w = gvm_weights(p, g, c.alpha, c.beta)
+        total = w.sum()
+        counts = (
+            round_preserving_sum(w / total, step.budget) if total > 0 else np.zeros(m, np.int64)
         )
+        start = step.rollouts
+        part = step.sample(groups, counts)
+        adv = group_normalized(part.group, part.rewards, step.num_groups, GRPO_EPS, c.scale_by_std)
+        index = np.arange(start, start + len(part), dtype=np.int64)
+        info = {"em_rollouts": int(m * c.em_samples), "zero_prompts": int((counts == 0).sum())}
+        return TrainBatch(index, adv, np.ones(index.size)), info
+
+    def em_estimates(
+        self, step: Step, em: Samples, groups: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(p_i, G_i) of the E-step pass: the share of correct samples and the mean gradient
+        norm of the correct ones (0 without one), per group of ``groups`` (contiguous)."""
+        m = groups.size
+        local = em.group - groups[0]
+        correct = em.rewards > 0.5
+        hits = np.bincount(local[correct], minlength=m)
+        norms = cast(GradNormSource, step.source).grad_norms(em)
+        g_sum = np.bincount(local[correct], weights=norms[correct], minlength=m)
+        n = np.bincount(local, minlength=m)
+        p = hits / np.maximum(n, 1)
+        g = np.where(hits > 0, g_sum / np.maximum(hits, 1), 0.0)
+        return p, g
+
+    # -- rule="reinforce-ada" ----------------------------------------------------------------
 
     def p_hat(self, prompt_ids: np.ndarray) -> np.ndarray:
         c = self.config

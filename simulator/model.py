@@ -91,10 +91,10 @@ class LearningModel:
 
 class SimulatedSource:
     """``RolloutSource`` backed by Bernoulli draws from the learning model's current rates; it
-    also has the extracted answers, per-prompt gradients (CROPI's ``GradientSource``) and the
-    true rates."""
+    also has the extracted answers, per-prompt gradients (CROPI's ``GradientSource``), each
+    response's gradient norm (GVM's ``grad_norms``) and the true rates."""
 
-    provides = frozenset({"answers", "gradients", "true_rates"})
+    provides = frozenset({"answers", "gradients", "grad_norms", "true_rates"})
 
     def __init__(self, model: LearningModel, rng: np.random.Generator):
         self.model = model
@@ -102,6 +102,7 @@ class SimulatedSource:
         s = model.s
         self._wrong_shift = math.log(s.wrong_length_factor)
         self._zero_u_test: np.ndarray | None = None
+        self._x_norms: np.ndarray | None = None
 
     def begin_step(self, index: int) -> None:
         """Nothing to do: the draws come from one generator for the whole run."""
@@ -127,6 +128,18 @@ class SimulatedSource:
             s.wrong_answer_conc,
         )
         return Samples.from_request(prompt_ids, counts, rew, length, answers=ans)
+
+    def grad_norms(self, samples: Samples) -> np.ndarray:
+        """‖∇_θ log π_θ(y|x)‖ of each response at the current policy, exactly: under the logistic
+        model a response is its reward, log π(r) = r log p + (1 − r) log(1 − p), whose gradient
+        w.r.t. θ is (r − p)·x, so the norm is |r − p|·‖x‖ (the shared parameters θ only, as
+        ``prompt_gradients``; GVM's ``em/stage_2_calc_acceptRates_grads.py`` takes the norm of
+        the gradient of −log π(y|x) w.r.t. one parameter tensor, ``embed_tokens``)."""
+        ids = np.asarray(samples.prompt_ids, np.int64)
+        if self._x_norms is None:
+            self._x_norms = np.linalg.norm(self.model.w.X, axis=1)
+        p = self.model.success_rates(ids)
+        return np.abs(np.asarray(samples.rewards, np.float64) - p) * self._x_norms[ids]
 
     def true_success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
         """The simulator's ground truth (for oracle allocators and frozen-mode scoring)."""

@@ -268,19 +268,20 @@ def test_random_baseline_needs_no_gradients(harness):
 
     h = harness("hard", seed=0, budget=256, prompts_per_step=32)
     h.source = Bare(h.source)
-    a = h.start(parse_spec("cropi:score=random:stage_steps=2").build())
-    first = h.step(a)
+    # default: select.py reseeds with seed 0 at every stage, so the subset never changes
+    fixed = h.start(parse_spec("cropi:score=random:stage_steps=2").build())
+    first = h.step(fixed)
     assert len(first.samples) == 256  # no offline rollouts
+    s0 = fixed.subset.copy()
+    for _ in range(4):
+        h.step(fixed)
+    assert fixed.selections == 3 and np.array_equal(s0, fixed.subset)
+    a = h.start(parse_spec("cropi:score=random:stage_steps=2:resample_random=true").build())
+    h.step(a)
     sub0 = a.subset.copy()
     h.step(a)
     h.step(a)
     assert sub0.size == a.subset.size == 500 and not np.array_equal(sub0, a.subset)
-    fixed = h.start(parse_spec("cropi:score=random:stage_steps=2:resample_random=false").build())
-    h.step(fixed)
-    s0 = fixed.subset.copy()
-    h.step(fixed)
-    h.step(fixed)
-    assert np.array_equal(s0, fixed.subset)
     needy = parse_spec("cropi").build()
     with pytest.raises(SettingsError, match="needs gradients"):
         validate(needy, "cropi", 256, 32, h.source.provides)
@@ -308,7 +309,8 @@ def test_bad_options_are_rejected():
     for spec in (
         "cropi:ratio=0",
         "cropi:ratio=1.5",
-        "cropi:stage_steps=0",
+        "cropi:stage_steps=-1",
+        "cropi:stage_passes=0",
         "cropi:n_offline=1",
         "cropi:sparsity=0",
         "cropi:projection=sparse",
@@ -414,3 +416,55 @@ def test_projection_never_goes_up_in_dimension():
     assert np.isclose(p(u[None])[0] @ p(v[None])[0], u @ v)
     q = SparseRandomProjection(2048, 1024, 1024, "gaussian", seed=0)
     assert q.kind == "gaussian" and q.out_dim == 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Faithful defaults (docs/methods.md#cropi)
+# --------------------------------------------------------------------------------------------
+def test_difficulty_random_keeps_its_subset_at_every_stage(harness):
+    """select.py calls random.seed(0) at every stage: the baselines' subset never changes."""
+    h = harness("hard", seed=1, budget=256, prompts_per_step=32)
+    a = h.start(parse_spec("cropi:score=difficulty_random:stage_steps=1").build())
+    h.step(a)
+    s0 = a.subset.copy()
+    for _ in range(3):
+        h.step(a)
+    assert a.selections == 4 and np.array_equal(s0, a.subset)
+    b = h.start(
+        parse_spec("cropi:score=difficulty_random:stage_steps=1:resample_random=true").build()
+    )
+    h.step(b)
+    s1 = b.subset.copy()
+    h.step(b)
+    assert not np.array_equal(s1, b.subset)
+
+
+def test_stage_length_follows_the_official_exposure(harness):
+    """10 steps x 128 prompts on a ~5,500-prompt subset: 0.23 passes over the subset a stage."""
+    a = parse_spec("cropi").build()
+    assert a.stage_length(5_529, 128) == 10
+    assert a.stage_length(1_739, 256) == 2  # dapo-math: 17,398 x 0.1, 256 per step
+    assert a.stage_length(100, 256) == 1  # a subset smaller than a batch: one step a stage
+    assert parse_spec("cropi:stage_steps=10").build().stage_length(1_739, 256) == 10
+    h = harness("hard", seed=2, budget=256, prompts_per_step=32)
+    b = h.start(parse_spec("cropi:score=random").build())
+    r = h.step(b)
+    want = max(1, round(0.23 * b.subset.size / 32))
+    assert r.info["steps"] == want
+    for _ in range(want):
+        r = h.step(b)
+    assert r.info["stage"] == 2  # a new stage after ``want`` steps
+
+
+def test_default_score_is_exact_at_the_scenarios_dimensions(harness):
+    """The official run projects 1% of 1.5B coordinates to 32,768; every scenario's gradient has
+    at most 2,048 coordinates, so the default keeps them all and does not project."""
+    for name in ("dapo-math", "cropi-math"):
+        h = harness(name, seed=0)
+        a = h.start(parse_spec("cropi").build())
+        a.gradients = h.source
+        assert a.make_projector().is_exact
+    h = harness("dapo-math", seed=0)
+    old = h.start(parse_spec("cropi@compressed").build())
+    old.gradients = h.source
+    assert not old.make_projector().is_exact

@@ -239,8 +239,8 @@ def test_gvm_rounding_holds_budget_and_bounds(p, per_prompt, lo, hi):
     assert (np.diff(n[order]) >= -1).all()
 
 
-def test_gvm_weights_and_simulated_budget():
-    a = parse_spec("gvm").build()
+def test_gvm_reinforce_ada_weights_and_simulated_budget():
+    a = parse_spec("gvm@reinforce-ada").build()
     a.reset(4, np.random.default_rng(0))
     ids = np.arange(4)
     np.testing.assert_allclose(a.weights(ids), 1.0)  # unseen: p̂ = 0.5
@@ -258,7 +258,7 @@ def test_gvm_weights_and_simulated_budget():
     raft.stats.load_state_dict(a.stats.state_dict())
     np.testing.assert_allclose(raft.weights(ids), 1 / np.sqrt([0.1, 0.9, 0.02, 0.5]))
     rates = np.concatenate([np.full(40, 0.05), np.full(40, 0.95)])
-    d = Driver(parse_spec("gvm").build(), rates, prompts_per_step=16, budget=128)
+    d = Driver(parse_spec("gvm@reinforce-ada").build(), rates, prompts_per_step=16, budget=128)
     hard_share = []
     for _ in range(30):
         r = d.step()

@@ -391,7 +391,20 @@ def test_est_on_the_simulator_spends_the_budget_and_follows_the_prior():
 
 def test_est_advantage_options():
     script = {0: [1, 0, 0, 0, 0, 0, 0, 0], 1: [1, 1, 0, 0, 0, 0, 0, 0]}
-    r = one_step(parse_spec("ada-est").build(), ScriptedSource(script), 2, budget=16)
+    # default: the release's (r − mean)/(√mean + 1e-6) (core_algos.py at a24d553c)
+    r = one_step(parse_spec("ada-est").build(), ScriptedSource(dict(script)), 2, budget=16)
+    s = r.samples
+    want = {0: (np.array(script[0]) - 1 / 8) / (math.sqrt(1 / 8) + 1e-6)}
+    want[1] = (np.array(script[1]) - 2 / 8) / (math.sqrt(2 / 8) + 1e-6)
+    for g in (0, 1):
+        pid = r.prompt_ids[g]
+        np.testing.assert_allclose(r.train.advantages[s.group == g], want[pid])
+    r = one_step(
+        parse_spec("ada-est:advantage=grpo").build(),
+        ScriptedSource({k: list(v) for k, v in script.items()}),
+        2,
+        budget=16,
+    )
     s = r.samples
     np.testing.assert_allclose(r.train.advantages, group_normalized(s.group, s.rewards, 2))
     r = one_step(

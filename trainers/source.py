@@ -4,8 +4,9 @@
 ``prompt_ids[i]`` in one backend call, scores them (binary reward), and returns ``Samples`` with
 the response token ids (``tokens``) that the policy update trains on, and
 ``answers``: 0 for a correct response, else a small id per distinct extracted answer of that
-prompt within the step (1, 2, ... in order of appearance; no answer is an answer of its own),
-as the simulator's answers are, for answer-level methods such as C-GRPO. Every
+prompt within the step (1, 2, ... in order of appearance), as the simulator's answers are, for
+answer-level methods such as C-GRPO; a response whose answer cannot be extracted (``Task.extract``
+gives '') is ``NO_ANSWER``, no answer of its own (``trl-cgrpo``'s failed extractions). Every
 call of a step gets its own seed derived from (run seed, step, call number), so a step's samples
 depend only on the weights, the allocation and the seed: a resumed run reproduces them.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from allocators.base import Samples
+from allocators.base import NO_ANSWER, Samples
 from trainers.backends import GenParams
 from trainers.tasks import Task
 
@@ -55,8 +56,11 @@ class ModelSource:
     def _answer_id(self, prompt: int, correct: bool, text: str) -> int:
         if correct:
             return 0
+        answer = self.task.extract(text)
+        if answer == "":
+            return NO_ANSWER
         ids = self._answer_ids.setdefault(prompt, {})
-        return ids.setdefault(self.task.extract(text), len(ids) + 1)
+        return ids.setdefault(answer, len(ids) + 1)
 
     def _seed(self) -> int:
         s = np.random.SeedSequence([self.seed, 7, self._step, self._call]).generate_state(2)
