@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from bench.results import ResultsError
+
 
 def run_one_line(main, *args, **kwargs):
     """Run a click command's ``main`` so that every usage error prints one line, ``Error: ...``,
@@ -27,6 +29,9 @@ def run_one_line(main, *args, **kwargs):
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ResultsError as exc:  # a results file or folder failed during the run (full disk...)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     if isinstance(rv, int) and rv:
         sys.exit(rv)
     sys.exit(0)

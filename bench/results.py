@@ -340,6 +340,12 @@ def _repair_tail(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def append_rows(
     path: str | Path, rows: list[dict], columns: list[str] = LEADERBOARD_COLUMNS
 ) -> None:
@@ -373,9 +379,7 @@ def append_rows(
         try:
             size = os.fstat(fd).st_size
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, data)
                 os.fsync(fd)
             except BaseException:
                 os.ftruncate(fd, size)

@@ -24,6 +24,7 @@ from pathlib import Path
 from allocators.loop import MAX_SEED, RunOutput
 from bench.results import (
     LEADERBOARD_COLUMNS,
+    ResultsError,
     append_rows,
     code_version,
     config_hash,
@@ -76,15 +77,21 @@ class Recorder:
         under a new id."""
         chash = config_hash(out.config)
         rid = run_id or run_id_for(out.identity, chash)
-        write_run_folder(
-            self.runs_dir,
-            rid,
-            {**out.config, "config_hash": chash, "summary": out.summary},
-            {"steps": out.steps, "evals": out.evals, "allocation": out.allocation},
-            own=run_id is not None,
-        )
-        row = leaderboard_row(out, rid, chash, self.version)
-        append_rows(leaderboard_path(self.results_dir, out.identity["mode"]), [row])
+        try:
+            write_run_folder(
+                self.runs_dir,
+                rid,
+                {**out.config, "config_hash": chash, "summary": out.summary},
+                {"steps": out.steps, "evals": out.evals, "allocation": out.allocation},
+                own=run_id is not None,
+            )
+            row = leaderboard_row(out, rid, chash, self.version)
+            append_rows(leaderboard_path(self.results_dir, out.identity["mode"]), [row])
+        except OSError as exc:  # ENOSPC, EDQUOT, EIO...: one line, the rows before it stay
+            where = exc.filename or self.results_dir
+            raise ResultsError(
+                f"cannot record run {rid} ({where}): {exc.strerror or exc}"
+            ) from None
         return row
 
 

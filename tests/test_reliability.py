@@ -6,6 +6,7 @@ The signal, concurrency and orphan cases run real `bench` processes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -190,6 +191,28 @@ def test_an_unusable_runs_folder_is_named_and_nothing_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_a_disk_that_fills_during_the_run_is_one_line_and_keeps_earlier_rows(tmp_path, monkeypatch):
+    from bench import results
+
+    assert (
+        invoke(tmp_path, "simulate", "--methods", "uniform", "--seeds", "1", *TINY).exit_code == 0
+    )
+    board = leaderboard_path(tmp_path / "results", "simulate")
+    before = board.read_bytes()
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(results, "_write_all", full)
+    r = invoke(
+        tmp_path, "simulate", "--methods", "uniform", "--seeds", "1-2", *TINY, "--workers", "1"
+    )
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert r.exit_code == 1 and len(lines) == 1 and "No space left on device" in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert board.read_bytes() == before
+
+
 # --------------------------------------------------------------------------------------------
 # 5. concurrent identical commands
 # --------------------------------------------------------------------------------------------
@@ -250,6 +273,13 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -274,10 +304,12 @@ def test_killing_the_main_process_stops_its_workers(tmp_path):
     )
     deadline = time.time() + 120
     workers: set[int] = set()
-    while time.time() < deadline and len(workers) < 2:
+    while time.time() < deadline and len(workers) < 2:  # the two pool workers are running
         time.sleep(0.5)
-        workers = _descendants(p.pid)
+        workers = {w for w in _descendants(p.pid) if "spawn_main" in _cmdline(w)}
     assert len(workers) >= 2, "the pool never started"
+    time.sleep(2)
+    workers = _descendants(p.pid)  # everything it started: workers, trackers, managers
     os.kill(p.pid, signal.SIGKILL)
     p.communicate()
     deadline = time.time() + 20
