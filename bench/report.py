@@ -37,7 +37,12 @@ from allocators.metrics import first_crossing
 from bench.results import LEADERBOARD_COLUMNS, ResultsError, read_leaderboard
 
 GROUP = ["mode", "scenario", "model"]
-ARM_SETTINGS = ("budget", "prompts_per_step", "steps")
+ARM_SETTINGS = (
+    "budget",
+    "prompts_per_step",
+    "steps",
+    "code_version",  # rows of different code are different arms, labelled with their version
+)
 MIN_SEEDS_IQM = 4  # below this the 25% trim removes nothing: the IQM is left empty
 CONFIDENCE = 0.95
 RESAMPLES = 2000
