@@ -58,6 +58,7 @@ class Samples:
     lengths: np.ndarray
     answers: np.ndarray | None = None
     tokens: list[Sequence[int]] | None = None
+    prompt_tokens: np.ndarray | None = None  # the prompt's length in tokens (the trainer)
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
@@ -70,6 +71,7 @@ class Samples:
         lengths: np.ndarray,
         answers: np.ndarray | None = None,
         tokens: list[Sequence[int]] | None = None,
+        prompt_tokens: np.ndarray | None = None,
     ) -> Samples:
         """A source's answer to ``sample(prompt_ids, counts)``: ``counts[i]`` responses of
         ``prompt_ids[i]`` for every ``i``, in request order."""
@@ -83,6 +85,9 @@ class Samples:
             np.asarray(lengths, np.int64),
             answers,
             tokens,
+            None
+            if prompt_tokens is None
+            else np.repeat(np.asarray(prompt_tokens, np.int64), counts),
         )
 
     def take(self, index: np.ndarray) -> Samples:
@@ -95,6 +100,7 @@ class Samples:
             self.lengths[index],
             None if self.answers is None else self.answers[index],
             None if self.tokens is None else [self.tokens[i] for i in index],
+            None if self.prompt_tokens is None else self.prompt_tokens[index],
         )
 
     @staticmethod
@@ -119,6 +125,7 @@ class Samples:
             np.concatenate([p.lengths for p in parts]),
             cat([p.answers for p in parts]),
             tokens,
+            cat([p.prompt_tokens for p in parts]),
         )
 
 
@@ -184,6 +191,20 @@ class StepResult:
     counts: GroupCounts
     solver_seconds: float  # allocator wall time, generation excluded
     info: dict = field(default_factory=dict)  # method-specific per-step numbers (logged)
+    rounds: list[Round] = field(default_factory=list)  # one per Step.sample call
+
+
+@dataclass(frozen=True)
+class Round:
+    """One generation round of a step (a ``Step.sample`` call): what the cost model prices
+    (``allocators/cost.py``) and what ``rounds.csv`` records."""
+
+    sequences: int
+    prompts: int
+    tokens: int  # response tokens generated
+    longest: int  # the round's longest response
+    prompt_tokens: float  # mean prompt tokens per sequence (NaN where the source cannot tell)
+    seconds: float  # measured time of the source call
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +267,32 @@ class PromptStream:
         self._pos = int(state["pos"])
 
 
+class LengthEstimates:
+    """Per-prompt response lengths for token budgets: the mean length of the prompt's earlier
+    responses, or ``prior`` (the initial policy's mean tokens per rollout) for an unseen one."""
+
+    def __init__(self, num_prompts: int, prior: float):
+        self.prior = float(prior)
+        self.sums = np.zeros(num_prompts)
+        self.counts = np.zeros(num_prompts, np.int64)
+
+    def estimate(self, prompt_ids: np.ndarray) -> np.ndarray:
+        n = self.counts[prompt_ids]
+        return np.where(n > 0, self.sums[prompt_ids] / np.maximum(n, 1), self.prior)
+
+    def observe(self, samples: Samples) -> None:
+        np.add.at(self.sums, samples.prompt_ids, samples.lengths)
+        np.add.at(self.counts, samples.prompt_ids, 1)
+
+    def state_dict(self) -> dict:
+        return {"prior": self.prior, "sums": self.sums.copy(), "counts": self.counts.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prior = float(state["prior"])
+        self.sums = np.asarray(state["sums"], float).copy()
+        self.counts = np.asarray(state["counts"], np.int64).copy()
+
+
 class Step:
     """One training step as the allocator sees it.
 
@@ -262,17 +309,23 @@ class Step:
         source: RolloutSource,
         budget: int,
         prompts_per_step: int,
+        token_budget: int | None = None,
+        lengths: LengthEstimates | None = None,
     ):
         self.index = int(index)
         self.stream = stream
         self.source = source
         self.budget = int(budget)
         self.prompts_per_step = int(prompts_per_step)
+        # A budget in tokens: ``budget`` is set from it once the batch is known (``to_rollouts``)
+        self.token_budget = token_budget
+        self.lengths = lengths
         self._prompts: list[np.ndarray] = []
         self._n_prompts = 0
         self._parts: list[Samples] = []
         self.rollouts = 0
         self.source_seconds = 0.0
+        self.rounds: list[Round] = []
         self._prompt_cache: np.ndarray | None = None
 
     # -- select --------------------------------------------------------------------------
@@ -306,6 +359,16 @@ class Step:
     def num_groups(self) -> int:
         return self._n_prompts
 
+    def to_rollouts(self, groups: np.ndarray, least_per_prompt: int) -> int:
+        """With a token budget, set ``budget`` to the rollouts it buys for ``groups``: the token
+        budget over the mean of their length estimates, rounded, and at least
+        ``least_per_prompt`` per prompt. Returns the rollout budget either way."""
+        if self.token_budget is not None and self.lengths is not None:
+            mean = float(self.lengths.estimate(self.prompt_ids[groups]).mean())
+            rollouts = int(round(self.token_budget / max(mean, 1.0)))
+            self.budget = max(rollouts, least_per_prompt * int(groups.size))
+        return self.budget
+
     # -- sample ----------------------------------------------------------------------------
     def sample(self, groups: np.ndarray, counts: np.ndarray) -> Samples:
         """Request ``counts[i]`` rollouts for group ``groups[i]``; returns this request's samples,
@@ -321,7 +384,8 @@ class Step:
             groups, counts = groups[keep], counts[keep]
         t0 = time.perf_counter()
         out = self.source.sample(self.prompt_ids[groups], counts)
-        self.source_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.source_seconds += seconds
         total = int(counts.sum())
         if len(out) != total or out.group.shape != (total,):
             raise RuntimeError(
@@ -330,6 +394,19 @@ class Step:
         out.group = groups[out.group]
         self._parts.append(out)
         self.rollouts += total
+        if total:
+            self.rounds.append(
+                Round(
+                    total,
+                    int(groups.size),
+                    int(out.lengths.sum()),
+                    int(out.lengths.max()),
+                    float(out.prompt_tokens.mean())
+                    if out.prompt_tokens is not None
+                    else float("nan"),
+                    seconds,
+                )
+            )
         return out
 
     @property
@@ -347,7 +424,9 @@ class Step:
                 self.num_groups, samples.group, samples.rewards, samples.lengths, train.index
             )
         )
-        return StepResult(self.index, self.prompt_ids, samples, train, counts, solver_seconds, info)
+        return StepResult(
+            self.index, self.prompt_ids, samples, train, counts, solver_seconds, info, self.rounds
+        )
 
 
 def even_split(total: int, parts: int) -> np.ndarray:
@@ -390,10 +469,20 @@ def validate(
     budget: int,
     prompts_per_step: int,
     provides: frozenset[str] | None = None,
+    budget_unit: str = "rollouts",
 ) -> None:
-    """Refuse, before a run starts, a budget below the method's minimum or a source that lacks
-    what the method needs (``provides=None``: the source is not known yet)."""
+    """Refuse, before a run starts, a budget below the method's minimum, a budget in tokens for
+    a method that does not spend the step budget, or a source that lacks what the method needs
+    (``provides=None``: the source is not known yet). A token budget is checked as if every
+    response were one token long (the least it can buy)."""
     caps = allocator.capabilities()
+    if budget_unit == "tokens" and not (
+        caps.spend == "budget" and isinstance(allocator, StaticAllocator)
+    ):
+        raise SettingsError(
+            f"{label} cannot take its budget in tokens: it decides its own spend "
+            "(use --budget-unit rollouts)"
+        )
     if budget < 1 or prompts_per_step < 1:
         raise SettingsError("budget and prompts per step must be positive")
     need = prompts_per_step * caps.min_rollouts_per_prompt
@@ -522,10 +611,12 @@ class Allocator:
 class StaticAllocator(Allocator):
     """A method that samples once per step: ``allocate`` gives the rollouts of each of the
     ``prompts_per_step`` prompts taken from the epoch stream (and per-step info), ``build``
-    the training batch from their samples."""
+    the training batch from their samples. With a budget in tokens, ``step.budget`` is the
+    rollouts it buys for the batch (``Step.to_rollouts``) by the time ``allocate`` runs."""
 
     def run_step(self, step: Step) -> tuple[TrainBatch, dict]:
         groups = step.take_prompts()
+        step.to_rollouts(groups, self.capabilities().min_rollouts_per_prompt)
         counts, info = self.allocate(step, groups)
         samples = step.sample(groups, counts)
         return self.build(step, samples), info

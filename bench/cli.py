@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from bench.errors import BenchGroup
+from bench.fitcost_cmd import fit_cost
 from bench.report_cmd import report
 from bench.simulate_cmd import simulate
 from bench.solvers_cmd import solvers
@@ -27,6 +28,7 @@ def main() -> None:
     solvers   time the allocation solvers of Knapsack RL and CoBA-RL (DP, heap greedy, fast)
     sweep     run a grid of simulations (process pool or Ray), resumable
     report    rank methods with bootstrap intervals; Markdown report and plots
+    fit-cost  fit the generation-time model to the rounds a bench train run measured
     Results go to CSV leaderboards in results/; per-run details to runs/<run-id>/.
     """
 
@@ -36,6 +38,7 @@ main.add_command(report)
 main.add_command(sweep)
 main.add_command(train)
 main.add_command(solvers)
+main.add_command(fit_cost)
 
 
 if __name__ == "__main__":  # python -m bench.cli, as the `bench` script

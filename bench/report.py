@@ -34,13 +34,21 @@ import pandas as pd
 from scipy import stats
 
 from allocators.metrics import first_crossing
-from bench.results import LEADERBOARD_COLUMNS, ResultsError, read_leaderboard
+from bench.results import (
+    COMPUTE_UNITS,
+    LEADERBOARD_COLUMNS,
+    MATCHED_COLUMNS,
+    ResultsError,
+    read_leaderboard,
+)
 
 GROUP = ["mode", "scenario", "model"]
 ARM_SETTINGS = (
     "budget",
+    "budget_unit",
     "prompts_per_step",
     "steps",
+    "compute_budget",
     "code_version",  # rows of different code are different arms, labelled with their version
 )
 MIN_SEEDS_IQM = 4  # below this the 25% trim removes nothing: the IQM is left empty
@@ -64,6 +72,13 @@ NUMERIC = [
     "mean_effective_prompt_ratio",
     "solver_seconds_per_step",
     "wall_seconds",
+    "compute_budget",
+    "steps_done",
+    "gen_seconds",
+    "token_budget_error",
+    "mean_expected_informative_groups",
+    "mean_pg_variance",
+    *MATCHED_COLUMNS,
 ]
 REQUIRED = [
     "mode",
@@ -76,9 +91,24 @@ REQUIRED = [
     "config_hash",
 ]
 METRICS = {  # metric column -> (title, higher is better)
-    "final_test_accuracy": ("final test accuracy", True),
+    "final_test_accuracy": ("final test accuracy (equal steps)", True),
     "auc_test_accuracy": ("AUC of test accuracy vs rollouts", True),
+    **{f"acc_{u}_100": (f"test accuracy at equal {u}", True) for u in COMPUTE_UNITS},
 }
+RANK_UNITS = ("tokens", "rollouts", "seconds", "steps")
+
+
+def rank_metric(unit: str) -> str:
+    """The column a ranking unit sorts by: test accuracy once a run has spent what uniform GRPO
+    spends in the run's steps, in that unit (``acc_<unit>_100``); ``steps``: after the steps."""
+    return "final_test_accuracy" if unit == "steps" else f"acc_{unit}_100"
+
+
+def group_rank_metric(g: pd.DataFrame, unit: str) -> str:
+    """``rank_metric(unit)``, or the equal-step metric for a group whose rows predate the
+    equal-compute columns (all empty)."""
+    m = rank_metric(unit)
+    return m if g[m].notna().any() else "final_test_accuracy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +201,12 @@ def filter_rows(
     return rows[keep].reset_index(drop=True)
 
 
+def fmt_setting(v) -> str:
+    if isinstance(v, float) and np.isnan(v):
+        return "none"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
     """Add the ``arm`` column: method spec, plus the settings that vary inside the group.
 
@@ -183,14 +219,14 @@ def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
     rows["arm"] = rows["method"].astype(str)
     for _, idx in rows.groupby(GROUP, sort=False).groups.items():
         part = rows.loc[idx]
-        varying = [s for s in ARM_SETTINGS if part[s].nunique() > 1]
+        varying = [s for s in ARM_SETTINGS if part[s].nunique(dropna=False) > 1]
         mixed = part["frozen"].nunique() > 1
         if varying or mixed:
             rows.loc[idx, "arm"] = part.apply(
                 lambda r: (
                     f"{r['method']} ("
                     + ", ".join(
-                        [f"{s}={r[s]}" for s in varying]
+                        [f"{s}={fmt_setting(r[s])}" for s in varying]
                         + (["frozen"] if mixed and r["frozen"] else [])
                     )
                     + ")"

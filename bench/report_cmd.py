@@ -200,6 +200,14 @@ def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
     show_default=True,
     help="Confidence level of the intervals.",
 )
+@click.option(
+    "--rank-by",
+    type=click.Choice(R.RANK_UNITS),
+    default="tokens",
+    show_default=True,
+    help="Rank by test accuracy at equal compute in this unit (the compute uniform GRPO spends "
+    "in the run's steps), or at equal steps.",
+)
 @click.option("--no-plots", is_flag=True, help="Write the Markdown report and tables only.")
 def report(
     results_paths,
@@ -212,6 +220,7 @@ def report(
     solvers_path,
     resamples,
     confidence,
+    rank_by,
     no_plots,
 ):
     """Rank methods per mode and scenario: mean and bootstrap CI over seeds, IQM, probability of
@@ -274,6 +283,7 @@ def report(
             resamples,
             confidence,
             no_plots,
+            rank_by,
         )
         _publish(stage, out)
     finally:
@@ -304,6 +314,7 @@ def _write_report(
     resamples,
     confidence,
     no_plots,
+    rank_by="tokens",
 ) -> None:
     t0 = time.perf_counter()
     rows = R.label_arms(rows)
@@ -339,12 +350,12 @@ def _write_report(
             plots_written[("solvers",)] = {"solver scaling": png}
 
     for key in ranks["final_test_accuracy"].groupby(R.GROUP, sort=False).groups:
-        console.print(_terminal_table(key, ranks, vs, costs, baseline, confidence))
+        console.print(_terminal_table(key, ranks, vs, costs, baseline, confidence, rows, rank_by))
     for n in notes:
         console.print(f"[dim]note:[/] {n}")
 
-    ranks["final_test_accuracy"].to_csv(out / "ranking_final_test_accuracy.csv", index=False)
-    ranks["auc_test_accuracy"].to_csv(out / "ranking_auc_test_accuracy.csv", index=False)
+    for metric, table in ranks.items():
+        table.to_csv(out / f"ranking_{metric}.csv", index=False)
     poi.to_csv(out / "probability_of_improvement.csv", index=False)
     costs.to_csv(out / "cost.csv", index=False)
     pd.concat([v.assign(metric=m) for m, v in vs.items()]).to_csv(
@@ -366,6 +377,7 @@ def _write_report(
         confidence,
         resamples,
         out,
+        rank_by,
     )
     (out / "report.md").write_text(md)
     console.print(f"report computed in {time.perf_counter() - t0:.1f} s")
@@ -447,10 +459,14 @@ def _poi_vs(poi, key, arm, other):
     return None if m.empty else m.iloc[0]
 
 
-def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
+def _in_group(df, key):
+    return df[(df["mode"] == key[0]) & (df["scenario"] == key[1]) & (df["model"] == key[2])]
+
+
+def _terminal_table(key, ranks, vs, costs, baseline, confidence, rows, rank_by="tokens") -> Table:
+    metric = R.group_rank_metric(_in_group(rows, key), rank_by)
     fin = ranks["final_test_accuracy"]
-    auc = ranks["auc_test_accuracy"]
-    g = fin[(fin["mode"] == key[0]) & (fin["scenario"] == key[1]) & (fin["model"] == key[2])]
+    g = _in_group(ranks[metric], key)
     bases = sorted(
         {
             b
@@ -465,17 +481,18 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
     target = None
     table = Table(
         show_lines=True,
-        title=f"{group_title(key)}: ranked by final test accuracy "
+        title=f"{group_title(key)}: ranked by {R.METRICS[metric][0]} "
         f"(mean [{confidence:.0%} bootstrap CI] over seeds)",
     )
+    equal_steps = metric == "final_test_accuracy"
     for col in (
         "#",
         "arm",
         "seeds",
-        "final acc",
+        *([] if equal_steps else [f"acc @ equal {rank_by}"]),
+        "final acc (equal steps)",
         "Δ vs base (paired)",
         "P(> base)",
-        "AUC acc (rank)",
         "rollouts to target",
         "× less compute",
         "eff. grad",
@@ -488,9 +505,9 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
             min_width=min(20, max(map(len, g["arm"]))) if col == "arm" else None,
         )
     for r in g.itertuples(index=False):
-        a = _lookup(auc, key, r.arm)
         c = _lookup(costs, key, r.arm)
-        v = _lookup(vs["final_test_accuracy"], key, r.arm)
+        f = _lookup(fin, key, r.arm)
+        v = _lookup(vs[metric], key, r.arm)
         target = c["target_accuracy"] if c is not None else target
         to_target = "-"
         if c is not None:
@@ -504,12 +521,12 @@ def _terminal_table(key, ranks, vs, costs, baseline, confidence) -> Table:
             str(r.rank),
             r.arm,
             str(r.seeds),
-            fmt_ci(r.mean, r.ci_low, r.ci_high, sep="\n"),
+            *([] if equal_steps else [fmt_ci(r.mean, r.ci_low, r.ci_high, sep="\n")]),
+            fmt_ci(f["mean"], f["ci_low"], f["ci_high"], sep="\n") if f is not None else "-",
             fmt_ci(v["diff"], v["diff_low"], v["diff_high"], 3, signed=True, sep="\n")
             if has_base
             else "-",
             fmt_ci(v["poi"], v["poi_low"], v["poi_high"], 2, sep="\n") if has_base else "-",
-            f"{fmt(a['mean'])} ({a['rank']})" if a is not None else "-",
             to_target,
             fmt_ci(c["compute_ratio"], c["compute_ratio_low"], c["compute_ratio_high"], 2, sep="\n")
             if c is not None
@@ -549,6 +566,7 @@ def _markdown(
     confidence,
     resamples,
     out: Path,
+    rank_by: str = "tokens",
 ) -> str:
     cl = f"{confidence:.0%}"
     md = ["# rollout-bench report", ""]
@@ -569,14 +587,41 @@ def _markdown(
             (rows["mode"] == key[0]) & (rows["scenario"] == key[1]) & (rows["model"] == key[2])
         ]
         settings = ", ".join(
-            f"{s} {', '.join(map(str, sorted(sub[s].unique())))}" for s in R.ARM_SETTINGS
+            f"{s} {', '.join(sorted(map(R.fmt_setting, sub[s].unique())))}" for s in R.ARM_SETTINGS
         )
         md += [
             f"{len(sub)} runs; {settings}; target accuracy {sub['target_accuracy'].iloc[0]:g}.",
             "",
         ]
+        eq = R.group_rank_metric(sub, rank_by)
+        sections = []
+        if eq != "final_test_accuracy":
+            sections.append(
+                (
+                    eq,
+                    f"Ranking by test accuracy at equal {rank_by} (ranks this group)",
+                    [
+                        f"Test accuracy once a run has spent what uniform GRPO spends in the "
+                        f"run's steps, in {rank_by} (interpolated on its evaluation curve; a "
+                        "run that spent less keeps its final accuracy). Columns `acc_<unit>_20`"
+                        "/`_50`/`_100` of the leaderboard hold 20, 50 and 100% of it.",
+                        "",
+                    ],
+                )
+            )
+        elif rank_by != "steps":
+            md += [
+                "These rows predate the equal-compute columns: ranked at equal steps.",
+                "",
+            ]
         for metric, title, extra in (
-            ("final_test_accuracy", "Ranking by final test accuracy", []),
+            *sections,
+            (
+                "final_test_accuracy",
+                "Ranking by final test accuracy (equal steps)"
+                + (" (ranks this group)" if eq == "final_test_accuracy" else ""),
+                [],
+            ),
             (
                 "auc_test_accuracy",
                 "Ranking by AUC of test accuracy against rollouts",

@@ -32,6 +32,44 @@ from pathlib import Path
 import pandas as pd
 
 # The leaderboard schema shared by `bench simulate` and `bench train` (results/README.md).
+# The 0.2 schema, before the compute columns (kept to upgrade files written with it).
+_COLUMNS_0_2 = [
+    "timestamp",
+    "mode",
+    "run_id",
+    "scenario",
+    "model",
+    "method",
+    "method_name",
+    "seed",
+    "budget",
+    "prompts_per_step",
+    "steps",
+    "eval_every",
+    "frozen",
+    "initial_test_accuracy",
+    "final_test_accuracy",
+    "auc_test_accuracy",
+    "target_accuracy",
+    "rollouts_to_target",
+    "rollouts",
+    "tokens",
+    "train_samples",
+    "final_train_reward",
+    "mean_effective_grad_ratio",
+    "mean_effective_prompt_ratio",
+    "solver_seconds_per_step",
+    "wall_seconds",
+    "config_hash",
+    "code_version",
+]
+# Test accuracy at equal compute: for each unit, at 20, 50 and 100% of the compute uniform GRPO
+# spends in the run's `steps` steps (docs/results.md#equal-compute).
+COMPUTE_UNITS = ("rollouts", "tokens", "seconds")
+CHECKPOINTS = (20, 50, 100)
+MATCHED_COLUMNS = [f"acc_{u}_{c}" for u in COMPUTE_UNITS for c in CHECKPOINTS]
+
+# The leaderboard schema shared by `bench simulate` and `bench train` (docs/results.md).
 LEADERBOARD_COLUMNS = [
     "timestamp",  # UTC, ISO 8601, when the run finished
     "mode",  # simulate | train
@@ -41,22 +79,31 @@ LEADERBOARD_COLUMNS = [
     "method",  # canonical method spec: name[@preset][:option=value...]
     "method_name",  # registry name
     "seed",
-    "budget",  # rollouts per step (the methods' shared budget)
+    "budget",  # per-step budget of the methods that spend one, in budget_unit
+    "budget_unit",  # rollouts | tokens
     "prompts_per_step",
-    "steps",
+    "steps",  # the step limit
     "eval_every",  # steps between test-accuracy evaluations
     "frozen",  # True: the policy never moved (simulate --frozen; train lr 0)
+    "compute_unit",  # unit of compute_budget: rollouts | tokens | seconds; empty: none
+    "compute_budget",  # total compute a run may spend (stops at the step that crosses it)
+    "steps_done",
     "initial_test_accuracy",
     "final_test_accuracy",
     "auc_test_accuracy",  # mean test accuracy over cumulative rollouts (normalised area)
+    *MATCHED_COLUMNS,
     "target_accuracy",
     "rollouts_to_target",  # cumulative rollouts to reach target_accuracy; empty if never
     "rollouts",  # all generated, discarded included
     "tokens",  # all generated tokens
+    "gen_seconds",  # modelled generation seconds (allocators/cost.py)
+    "token_budget_error",  # budget_unit tokens: mean |realised - budget| / budget per step
     "train_samples",
     "final_train_reward",
     "mean_effective_grad_ratio",
     "mean_effective_prompt_ratio",
+    "mean_expected_informative_groups",  # simulator: E[groups with mixed rewards] per step
+    "mean_pg_variance",  # simulator: exact variance of the step's GRPO gradient estimate
     "solver_seconds_per_step",
     "wall_seconds",
     "config_hash",  # sha256[:16] of the resolved config (seed included)
@@ -65,7 +112,8 @@ LEADERBOARD_COLUMNS = [
 # Leaderboards written before a column was added: read with the new columns empty, and
 # rewritten in the current schema by their next append.
 LEGACY_SCHEMAS = {
-    "0.1": [c for c in LEADERBOARD_COLUMNS if c not in ("eval_every", "frozen")],
+    "0.1": [c for c in _COLUMNS_0_2 if c not in ("eval_every", "frozen")],
+    "0.2": _COLUMNS_0_2,
 }
 
 
@@ -262,10 +310,27 @@ def read_checked(path: str | Path, columns: list[str]) -> str:
     return text
 
 
+# What an older row meant for a column it lacks (the rest are empty: not measured then).
+LEGACY_VALUES = {"budget_unit": lambda row: "rollouts", "steps_done": lambda row: row["steps"]}
+
+
 def _upgrade(rows: list[list[str]], columns: list[str]) -> list[list[str]]:
-    """Rows of an older schema in ``columns``: the columns it lacks are empty."""
-    pos = {name: k for k, name in enumerate(rows[0])}
-    return [columns] + [[row[pos[c]] if c in pos else "" for c in columns] for row in rows[1:]]
+    """Rows of an older schema in ``columns``: the columns it lacks get ``LEGACY_VALUES`` or are
+    empty."""
+    head = rows[0]
+    pos = {name: k for k, name in enumerate(head)}
+    out = [columns]
+    for row in rows[1:]:
+        old = dict(zip(head, row))
+        out.append(
+            [
+                row[pos[c]]
+                if c in pos
+                else (LEGACY_VALUES[c](old) if c in LEGACY_VALUES and len(row) == len(head) else "")
+                for c in columns
+            ]
+        )
+    return out
 
 
 def _cell(v) -> str:

@@ -82,7 +82,12 @@ class Recorder:
                 self.runs_dir,
                 rid,
                 {**out.config, "config_hash": chash, "summary": out.summary},
-                {"steps": out.steps, "evals": out.evals, "allocation": out.allocation},
+                {
+                    "steps": out.steps,
+                    "evals": out.evals,
+                    "allocation": out.allocation,
+                    **({"rounds": out.rounds} if out.rounds is not None else {}),
+                },
                 own=run_id is not None,
             )
             row = leaderboard_row(out, rid, chash, self.version)

@@ -21,8 +21,9 @@ from rich.progress import (
 from rich.table import Table
 
 from allocators.base import SettingsError
-from allocators.loop import RUN_BOUNDS
+from allocators.loop import BUDGET_UNITS, COMPUTE_UNITS, RUN_BOUNDS
 from allocators.registry import METHODS, SpecError, parse_specs
+from bench import report as R
 from bench.errors import usage_error
 from bench.report import CONFIDENCE, mean_ci
 from bench.report_cmd import fmt_ci
@@ -43,38 +44,41 @@ def print_scenarios(console: Console) -> None:
     console.print(table)
 
 
-def summary_table(rows: pd.DataFrame) -> list[Table]:
+def summary_table(rows: pd.DataFrame, rank_by: str = "tokens") -> list[Table]:
     """Ranked tables, one per scenario: the mean over seeds with the percentile bootstrap
-    interval of ``bench report`` (``bench.report.mean_ci``)."""
+    interval of ``bench report`` (``bench.report.mean_ci``), ranked by test accuracy at equal
+    compute in ``rank_by`` (or at equal steps), the equal-step figure beside it."""
     tables = []
+    key = R.rank_metric(rank_by)
 
     def ms(x: pd.Series) -> str:
         ci = mean_ci(x.to_numpy(float))
         return "-" if np.isnan(ci.point) else fmt_ci(ci.point, ci.low, ci.high)
 
+    how = "at equal steps" if rank_by == "steps" else f"at equal {rank_by}"
     for scenario, part in rows.groupby("scenario", sort=False):
         seeds = part.groupby("method")["seed"].nunique().max()
         table = Table(
-            title=f"{scenario}: ranked by final test accuracy (mean "
-            f"[{CONFIDENCE:.0%} bootstrap interval] over {seeds} seeds)"
+            title=f"{scenario}: ranked by test accuracy {how} (mean "
+            f"[{CONFIDENCE:.0%} bootstrap interval] over {seeds} seeds)",
+            caption="acc @ equal X: test accuracy once the run has spent what uniform GRPO spends "
+            "in the run's steps, in X; final acc: after the same number of steps",
         )
-        for col in (
-            "#",
-            "method",
-            "final acc",
+        cols = ["#", "method"]
+        if rank_by != "steps":
+            cols.append(f"acc @ equal {rank_by}")
+        cols += [
+            "final acc (equal steps)",
             "AUC acc",
             "rollouts to target",
             "eff. grad",
             "Mtokens",
+            "gen s",
             "solver ms",
-        ):
+        ]
+        for col in cols:
             table.add_column(col, justify="left" if col == "method" else "right", overflow="fold")
-        ranked = (
-            part.groupby("method", sort=False)["final_test_accuracy"]
-            .mean()
-            .sort_values(ascending=False)
-            .index
-        )
+        ranked = part.groupby("method", sort=False)[key].mean().sort_values(ascending=False).index
         for rank, method in enumerate(ranked, 1):
             g = part[part.method == method]
             reached = int(g["rollouts_to_target"].notna().sum())
@@ -83,16 +87,19 @@ def summary_table(rows: pd.DataFrame) -> list[Table]:
                 if reached
                 else f"never (0/{len(g)})"
             )
-            table.add_row(
-                str(rank),
-                method,
+            cells = [str(rank), method]
+            if rank_by != "steps":
+                cells.append(ms(g[key]))
+            cells += [
                 ms(g.final_test_accuracy),
                 ms(g.auc_test_accuracy),
                 to_target,
                 f"{g.mean_effective_grad_ratio.mean():.3f}",
                 f"{g.tokens.mean() / 1e6:,.1f}",
+                f"{g.gen_seconds.mean():,.0f}",
                 f"{1e3 * g.solver_seconds_per_step.mean():.2f}",
-            )
+            ]
+            table.add_row(*cells)
         tables.append(table)
     return tables
 
@@ -146,6 +153,42 @@ def summary_table(rows: pd.DataFrame) -> list[Table]:
     help="Steps between test-accuracy evaluations.",
 )
 @click.option(
+    "--budget-unit",
+    type=click.Choice(BUDGET_UNITS),
+    default="rollouts",
+    show_default=True,
+    help="Unit of --budget: rollouts, or tokens (the methods that spend the step budget buy "
+    "rollouts with their per-prompt length estimates).",
+)
+@click.option(
+    "--compute-budget",
+    type=click.FloatRange(0, 1e18, min_open=True),
+    default=None,
+    help="Stop each run once it has spent this much compute (in --compute-unit); --steps "
+    "stays the step limit.",
+)
+@click.option(
+    "--compute-unit",
+    type=click.Choice(COMPUTE_UNITS),
+    default="tokens",
+    show_default=True,
+    help="Unit of --compute-budget: rollouts, tokens or modelled generation seconds.",
+)
+@click.option(
+    "--cost-model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Generation-time model (JSON, from `bench fit-cost`) [default: a 7-8B model in vLLM "
+    "on one H100].",
+)
+@click.option(
+    "--rank-by",
+    type=click.Choice(R.RANK_UNITS),
+    default="tokens",
+    show_default=True,
+    help="Rank by test accuracy at equal compute in this unit, or at equal steps.",
+)
+@click.option(
     "--frozen", is_flag=True, help="Learning rate 0: a pure bandit, the policy never moves."
 )
 @click.option(
@@ -178,6 +221,11 @@ def simulate(
     budget,
     prompts_per_step,
     eval_every,
+    budget_unit,
+    compute_budget,
+    compute_unit,
+    cost_model,
+    rank_by,
     frozen,
     workers,
     out_dir,
@@ -213,21 +261,25 @@ def simulate(
             f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "
             f"{sc.num_prompts} prompts"
         )
-    configs = [
-        SimConfig(
-            scenario=scenario,
-            method=spec.label,
-            seed=seed,
-            steps=steps,
-            budget=budget,
-            prompts_per_step=prompts_per_step,
-            eval_every=eval_every,
-            frozen=frozen,
-        )
-        for spec in specs
-        for seed in seed_list
-    ]
     try:
+        configs = [
+            SimConfig(
+                scenario=scenario,
+                method=spec.label,
+                seed=seed,
+                steps=steps,
+                budget=budget,
+                prompts_per_step=prompts_per_step,
+                eval_every=eval_every,
+                frozen=frozen,
+                budget_unit=budget_unit,
+                compute_unit=compute_unit if compute_budget else "",
+                compute_budget=compute_budget or 0.0,
+                cost_model=cost_model or "",
+            )
+            for spec in specs
+            for seed in seed_list
+        ]
         for cfg in configs[:: len(seed_list)]:
             check(cfg)
         check_outputs(out_dir, runs_dir, "simulate")
@@ -258,7 +310,7 @@ def simulate(
             bar.update(task, description=f"{runs_done[0]}/{len(configs)} runs done")
 
         execute(configs, n_workers, on_done, lambda k: bar.advance(task, k))
-    for table in summary_table(pd.DataFrame(rows)):
+    for table in summary_table(pd.DataFrame(rows), rank_by):
         console.print(table)
     console.print(
         f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "

@@ -20,7 +20,9 @@ Grid file (TOML)::
     budgets = [4096]
 
 Each experiment is the product methods × scenarios × budgets × seeds × steps × prompts_per_step ×
-eval_every × frozen, every key a value or a list, an experiment's keys overriding ``[sweep]``'s.
+eval_every × frozen × budget_unit × compute_unit × compute_budget × cost_model (the options of
+``bench simulate`` of those names), every key a value or a list, an experiment's keys overriding
+``[sweep]``'s.
 A method is a spec string (``name[@preset][:key=value...]``, as on the command line) or a table
 ``{name = ..., preset = ..., <option> = <value>...}``. Without ``[[experiment]]`` blocks
 ``[sweep]`` is the one experiment. Runs are identified by the hash of their resolved config (the
@@ -67,6 +69,10 @@ AXES = {
     "prompts_per_step": "prompts_per_step",
     "eval_every": "eval_every",
     "frozen": "frozen",
+    "budget_unit": "budget_unit",
+    "compute_unit": "compute_unit",
+    "compute_budget": "compute_budget",
+    "cost_model": "cost_model",
 }
 ALIASES = {"method": "methods", "scenario": "scenarios", "budget": "budgets", "seed": "seeds"}
 META = {"name", "description"}
@@ -147,6 +153,14 @@ def _axis(key: str, raw, where: str) -> list:
         if not all(isinstance(v, bool) for v in values):
             raise GridError(f"{where}: frozen must be true or false")
         return values
+    if key in ("budget_unit", "compute_unit", "cost_model"):
+        if not all(isinstance(v, str) for v in values):
+            raise GridError(f"{where}: {key} must be strings")
+        return values
+    if key == "compute_budget":
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise GridError(f"{where}: compute_budget must be numbers")
+        return [float(v) for v in values]
     return _int_axis(key, values, where)
 
 
@@ -159,7 +173,7 @@ def _check(cfg: SimConfig, where: str) -> None:
         )
     try:
         check(cfg)
-    except SettingsError as exc:
+    except (SettingsError, SpecError) as exc:
         raise GridError(f"{where}: {exc}") from None
 
 
@@ -264,8 +278,9 @@ class Claims:
     never blocks another; a run marked done (by a sweep that started after this one read the
     leaderboard) is not run again."""
 
-    def __init__(self, results_dir: str | Path):
+    def __init__(self, results_dir: str | Path, since: float = 0.0):
         self.dir = Path(results_dir) / ".claims"
+        self.since = since  # done markers older than this predate the sweep (--rerun)
         self.held: dict[str, IO] = {}
 
     def claim(self, chash: str) -> bool:
@@ -276,7 +291,8 @@ class Claims:
         except BlockingIOError:
             f.close()
             return False
-        if (self.dir / f"{chash}.done").exists():
+        done = self.dir / f"{chash}.done"
+        if done.exists() and done.stat().st_mtime >= self.since:
             f.close()
             return False
         self.held[chash] = f
@@ -384,11 +400,13 @@ def run_sweep(
     ray_cpus: int = 2,
     on_row: Callable[[dict], None] = lambda row: None,
     on_progress: Callable[[int], None] = lambda k: None,
+    since: float = 0.0,
 ) -> list[dict]:
     """Execute ``runs`` and record each as it finishes; returns the rows written. Each run is
-    claimed first (``Claims``): one that a concurrent sweep holds or has done is skipped."""
+    claimed first (``Claims``): one that a concurrent sweep holds, or has done since ``since``
+    (when the caller read the leaderboard), is skipped."""
     rows: list[dict] = []
-    claims = Claims(recorder.results_dir)
+    claims = Claims(recorder.results_dir, since)
 
     def done(out: RunOutput) -> None:
         row = recorder.record(out)

@@ -67,8 +67,14 @@ from bench.sweep import BACKENDS, GridError, RayMissing, load_grid, pending, req
     default=None,
     help="Run at most this many of the pending runs now (resume later).",
 )
+@click.option(
+    "--rerun",
+    is_flag=True,
+    help="Run every config of the grid again, also those with a row (new rows, told apart by "
+    "code_version; bench report keeps the newest row of a config hash).",
+)
 @click.option("--dry-run", is_flag=True, help="List the runs to do and exit.")
-def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run):
+def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, rerun, dry_run):
     """Run every config of GRID (a TOML grid, see bench/grids/) that has no leaderboard row yet.
 
     A run is identified by the hash of its resolved config (seed included), so a sweep that was
@@ -92,7 +98,8 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
         raise usage_error(str(exc)) from None
     try:
         out = check_writable(out_dir) if not dry_run else Path(out_dir)
-        todo, skipped = pending(plan, out)
+        since = time.time()  # runs done from now on by a concurrent sweep are skipped
+        todo, skipped = (list(plan.runs), 0) if rerun else pending(plan, out)
         if not dry_run:
             check_writable(runs_dir)
     except ResultsError as exc:
@@ -176,6 +183,7 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, dry_run)
             ray_cpus,
             on_row,
             lambda k: bar.advance(task, k),
+            since,
         )
     console.print(
         f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; rows appended to "

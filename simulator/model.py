@@ -47,6 +47,28 @@ class LearningModel:
         """Test accuracy, exact (no sampling)."""
         return self.test_accuracy()
 
+    def reference_length(self) -> tuple[float, int]:
+        """Expected response tokens of one rollout under the initial policy, over the training
+        pool, exactly (log-normal lengths capped at ``max_tokens``, wrong answers
+        ``wrong_length_factor`` longer), and the cap."""
+        from scipy.stats import norm
+
+        s, w = self.s, self.w
+        sig, cap = s.sample_length_sigma, float(s.max_tokens)
+        p0 = 1.0 / (1.0 + np.exp(w.b))
+
+        def capped_mean(mu: np.ndarray) -> np.ndarray:
+            if sig == 0:
+                return np.minimum(np.exp(mu), cap)
+            lc = math.log(cap)
+            return np.exp(mu + sig**2 / 2) * norm.cdf((lc - mu - sig**2) / sig) + cap * (
+                1 - norm.cdf((lc - mu) / sig)
+            )
+
+        ok = capped_mean(w.log_len)
+        wrong = capped_mean(w.log_len + math.log(s.wrong_length_factor))
+        return float(np.mean(p0 * ok + (1 - p0) * wrong)), int(s.max_tokens)
+
     def learn(self, r: StepResult) -> dict[str, float]:
         """Apply the step's policy-gradient update; returns its gradient norm."""
         return {"grad_norm": self.update(r)}

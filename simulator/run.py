@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from allocators import loop
-from allocators.base import PromptStream, check_numbers, validate
-from allocators.loop import RUN_BOUNDS, RunOutput, Schedule
+from allocators.base import PromptStream, SettingsError, check_numbers, validate
+from allocators.cost import CostModel
+from allocators.loop import RUN_BOUNDS, RunOutput, Schedule, check_units
 from allocators.registry import MethodSpec, parse_spec
 from simulator.model import LearningModel, SimulatedSource
 from simulator.scenarios import Scenario, build_world, get_scenario
@@ -30,9 +31,17 @@ class SimConfig:
     prompts_per_step: int = 256
     eval_every: int = 10
     frozen: bool = False
+    budget_unit: str = "rollouts"  # rollouts | tokens
+    compute_unit: str = ""  # "" (none) | rollouts | tokens | seconds
+    compute_budget: float = 0.0  # total compute of the run, in compute_unit
+    cost_model: str = ""  # a cost model JSON file (allocators/cost.py); "": the defaults
 
     def __post_init__(self) -> None:
         check_numbers(self, RUN_BOUNDS)
+        check_units(self.budget, self.budget_unit, self.compute_unit, self.compute_budget)
+
+    def cost(self) -> CostModel:
+        return CostModel.load(self.cost_model) if self.cost_model else CostModel()
 
     def spec(self) -> MethodSpec:
         return parse_spec(self.method)
@@ -43,16 +52,24 @@ def _scenario(cfg: SimConfig) -> Scenario:
     return scenario.with_frozen() if cfg.frozen else scenario
 
 
+# Settings added in 0.3 enter the resolved config (and its hash) only when they are not their
+# defaults, so every earlier run keeps its config hash (and a sweep its resume point).
+_ADDED = {"budget_unit": "rollouts", "compute_unit": "", "compute_budget": 0.0, "cost_model": ""}
+
+
 def resolve(cfg: SimConfig) -> dict:
     spec = cfg.spec()
-    return {
+    out = {
         "mode": "simulate",
-        **asdict(cfg),
+        **{k: v for k, v in asdict(cfg).items() if k not in _ADDED or v != _ADDED[k]},
         "method": spec.label,
         "method_name": spec.name,
         "method_config": asdict(spec.build().config),
         "scenario_config": _scenario(cfg).resolved(),
     }
+    if cfg.cost_model:
+        out["cost_model"] = cfg.cost().to_dict()
+    return out
 
 
 def schedule(cfg: SimConfig) -> Schedule:
@@ -62,6 +79,9 @@ def schedule(cfg: SimConfig) -> Schedule:
         cfg.prompts_per_step,
         cfg.eval_every,
         get_scenario(cfg.scenario).target_accuracy,
+        cfg.budget_unit,
+        cfg.compute_unit,
+        cfg.compute_budget,
     )
 
 
@@ -83,7 +103,24 @@ def identity(cfg: SimConfig) -> dict:
 def check(cfg: SimConfig) -> None:
     """Refuse settings the run cannot use (``SettingsError``/``SpecError``, one line each)."""
     spec = cfg.spec()
-    validate(spec.build(), spec.label, cfg.budget, cfg.prompts_per_step, SimulatedSource.provides)
+    validate(
+        spec.build(),
+        spec.label,
+        cfg.budget,
+        cfg.prompts_per_step,
+        SimulatedSource.provides,
+        cfg.budget_unit,
+    )
+    cost = cfg.cost()
+    if cfg.compute_unit:
+        scenario = _scenario(cfg)
+        model = LearningModel(scenario, build_world(scenario, cfg.seed))
+        one = loop.per_step_reference(schedule(cfg), model.reference_length(), cost)
+        if cfg.compute_budget < one[cfg.compute_unit]:
+            raise SettingsError(
+                f"a compute budget of {cfg.compute_budget:g} {cfg.compute_unit} is less than one "
+                f"step of uniform GRPO ({one[cfg.compute_unit]:,.6g} {cfg.compute_unit})"
+            )
 
 
 def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None) -> RunOutput:
@@ -102,8 +139,15 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
         if progress is not None and done and "test_accuracy" in row:
             progress(done)
 
-    prog, _ = loop.run(allocator, source, model, stream, sched, on_step=on_step)
+    cost = cfg.cost()
+    prog, _ = loop.run(allocator, source, model, stream, sched, on_step=on_step, cost=cost)
     steps, evals, allocation = loop.tables(prog)
     return RunOutput(
-        resolve(cfg), identity(cfg), loop.summarize(prog, sched), steps, evals, allocation
+        resolve(cfg),
+        identity(cfg),
+        loop.summarize(prog, sched, cost),
+        steps,
+        evals,
+        allocation,
+        loop.round_table(prog),
     )

@@ -54,7 +54,7 @@ def test_list_scenarios():
 def test_runs_rank_and_append(tmp_path):
     r = run([*TINY, "--seeds", "2", "--methods", "uniform,uniform:scale_by_std=false"], tmp_path)
     assert r.exit_code == 0, r.output
-    assert "ranked by final test accuracy" in r.output
+    assert "ranked by test accuracy at equal tokens" in " ".join(r.output.split())
     df = pd.read_csv(tmp_path / "results" / "simulate_leaderboard.csv")
     assert list(df.columns) == LEADERBOARD_COLUMNS
     assert len(df) == 4 and set(df.method) == {"uniform", "uniform:scale_by_std=false"}
@@ -65,6 +65,7 @@ def test_runs_rank_and_append(tmp_path):
             "steps.csv",
             "evals.csv",
             "allocation.csv",
+            "rounds.csv",
         }
     # a second invocation appends, and the same seed gives the same numbers
     r = run([*TINY, "--seeds", "1", "--methods", "uniform"], tmp_path)

@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from bench import report as R
 from bench.cli import main
-from bench.results import LEADERBOARD_COLUMNS, append_rows, config_hash
+from bench.results import LEADERBOARD_COLUMNS, MATCHED_COLUMNS, append_rows, config_hash
 
 SEEDS = range(6)
 # final test accuracy per seed: "better" = uniform + 0.05 on every seed (paired), "worse" below
@@ -57,6 +57,15 @@ def _row(
         "wall_seconds": 1.0,
         "config_hash": config_hash(cfg),
         "code_version": "test",
+        "budget_unit": "rollouts",
+        "compute_unit": "",
+        "compute_budget": np.nan,
+        "steps_done": 100,
+        **{c: final for c in MATCHED_COLUMNS},  # every arm spends its budget: equal compute
+        "gen_seconds": 100.0 * budget / 2048,
+        "token_budget_error": np.nan,
+        "mean_expected_informative_groups": np.nan,
+        "mean_pg_variance": np.nan,
     }
 
 
@@ -261,7 +270,7 @@ def test_report_with_run_folders_writes_plots(tmp_path, leaderboard):
     write_run_folders(synthetic_rows(), tmp_path / "runs")
     r = _report(tmp_path)
     assert r.exit_code == 0, r.output
-    assert "ranked by final test accuracy" in r.output
+    assert "ranked by test accuracy at equal tokens" in " ".join(r.output.split())
     out = tmp_path / "report"
     md = (out / "report.md").read_text()
     assert md.index("| 1 | `better`") < md.index("| 2 | `uniform`") < md.index("| 3 | `worse`")
@@ -408,7 +417,8 @@ def test_a_bad_row_is_left_out_with_a_note_not_a_lockout(tmp_path):
     assert r.exit_code == 0, r.output
     flat = " ".join(r.output.split())
     assert "line 3: final_test_accuracy 'zero point four' is not a number" in flat
-    assert "line 4: 25 fields, expected 28" in flat
+    n = len(LEADERBOARD_COLUMNS)
+    assert f"line 4: {n - 3} fields, expected {n}" in flat
     md = (tmp_path / "report" / "report.md").read_text()
     assert "row left out" in md and "(1 runs)" in flat
     # every row bad: one error line, and no report folder changes

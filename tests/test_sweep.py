@@ -157,6 +157,15 @@ def test_cli_max_runs_then_resume(tmp_path, grid):
     assert r.exit_code == 0 and "nothing to do" in r.output
     df = _rows(tmp_path / "results")
     assert len(df) == 6 and df["config_hash"].is_unique
+    # --rerun runs the whole grid again, the earlier sweeps' done markers notwithstanding
+    r = _sweep(tmp_path, str(grid), "--workers", "1", "--rerun")
+    assert r.exit_code == 0 and "6 to run now" in r.output, r.output
+    again = _rows(tmp_path / "results")
+    assert len(again) == 12 and again["config_hash"].value_counts().eq(2).all()
+    same = ["final_test_accuracy", "rollouts", "tokens", "acc_tokens_100"]
+    first = again.iloc[:6].sort_values("config_hash")[same].reset_index(drop=True)
+    second = again.iloc[6:].sort_values("config_hash")[same].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, second)  # the same seed, the same numbers
 
 
 @pytest.mark.slow

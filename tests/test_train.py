@@ -212,9 +212,12 @@ def test_every_method_trains_on_variable_groups(smol, method):
     try:
         check_config(TrainConfig(method=method))
     except ValueError as exc:  # CROPI's influence score needs learner gradients
-        # CROPI's influence score needs learner gradients, GVM's rule gradient norms
-        assert (method == "cropi" and "score=random" in str(exc)) or (
-            method == "gvm" and "gvm@reinforce-ada" in str(exc)
+        # CROPI's influence score needs learner gradients, GVM's rule gradient norms; the
+        # oracle the true success rates (a reference for the simulator)
+        assert (
+            (method == "cropi" and "score=random" in str(exc))
+            or (method == "gvm" and "gvm@reinforce-ada" in str(exc))
+            or (method == "oracle" and "reference for the simulator" in str(exc))
         )
         return
     path, tok = smol
@@ -368,7 +371,11 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
         "steps.csv",
         "evals.csv",
         "allocation.csv",
+        "rounds.csv",
     }
+    rounds = pd.read_csv(folder / "rounds.csv")
+    assert len(rounds) == 1 and rounds["sequences"].tolist() == [4]
+    assert rounds["prompt_tokens"].iloc[0] > 0 and rounds["seconds"].iloc[0] > 0
     r = CliRunner().invoke(
         main, ["train", "--resume", row["run_id"], "--runs-dir", str(tmp_path / "runs")]
     )
@@ -402,7 +409,7 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
     sim = pd.read_csv(tmp_path / "results" / "simulate_leaderboard.csv")
     assert list(sim.columns) == list(df.columns)
     sim_folder = tmp_path / "runs" / sim.iloc[0]["run_id"]
-    for name in ("steps.csv", "evals.csv", "allocation.csv"):
+    for name in ("steps.csv", "evals.csv", "allocation.csv", "rounds.csv"):
         assert list(pd.read_csv(sim_folder / name).columns) == list(
             pd.read_csv(folder / name).columns
         ), name
@@ -496,6 +503,9 @@ def test_bad_inputs_fail_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)
     _one_error_line(cli(["--backend", "vllm"], tmp_path), "vLLM", "pip install")
     _one_error_line(cli(["--methods", "nosuch"], tmp_path), "unknown method")
+    _one_error_line(
+        cli(["--methods", "oracle"], tmp_path), "oracle is a reference for the simulator"
+    )
     _one_error_line(cli(["--resume", "no-such-run"], tmp_path), "no-such-run")
     cfg = tmp_path / "model"
     cfg.mkdir()

@@ -30,6 +30,7 @@ import numpy as np
 
 from allocators import loop
 from allocators.base import PromptStream, SettingsError, StepResult, check_numbers, validate
+from allocators.cost import CostModel
 from allocators.loop import (
     LEARN_STATS,
     RUN_BOUNDS,
@@ -38,6 +39,8 @@ from allocators.loop import (
     Progress,
     RunOutput,
     Schedule,
+    check_units,
+    round_table,
     run,
     summarize,
     tables,
@@ -73,6 +76,10 @@ class TrainConfig:
     max_new_tokens: int = 32
     top_p: float = 1.0
     checkpoint_every: int = 10
+    budget_unit: str = "rollouts"  # rollouts | tokens
+    compute_unit: str = ""  # "" (none) | rollouts | tokens | seconds
+    compute_budget: float = 0.0  # total compute of the run, in compute_unit
+    cost_model: str = ""  # a cost model JSON file (allocators/cost.py); "": the defaults
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     bounds = {
@@ -87,6 +94,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self, self.bounds)
+        check_units(self.budget, self.budget_unit, self.compute_unit, self.compute_budget)
+
+    def cost(self) -> CostModel:
+        return CostModel.load(self.cost_model) if self.cost_model else CostModel()
 
     def spec(self) -> MethodSpec:
         return parse_spec(self.method)
@@ -131,7 +142,28 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
 
     spec = cfg.spec()
     check_backend(cfg.backend)
-    validate(spec.build(), spec.label, cfg.budget, cfg.prompts_per_step, ModelSource.provides)
+    validate(
+        spec.build(),
+        spec.label,
+        cfg.budget,
+        cfg.prompts_per_step,
+        ModelSource.provides,
+        cfg.budget_unit,
+    )
+    cost = cfg.cost()
+    if cfg.compute_unit:
+        # the least one step can cost: every rollout one token long
+        rollouts = cfg.budget if cfg.budget_unit == "rollouts" else cfg.prompts_per_step
+        one = {
+            "rollouts": rollouts,
+            "tokens": rollouts,
+            "seconds": cost.round_seconds(rollouts, rollouts, 1),
+        }
+        if cfg.compute_budget < one[cfg.compute_unit]:
+            raise SettingsError(
+                f"a compute budget of {cfg.compute_budget:g} {cfg.compute_unit} is less than one "
+                f"step ({one[cfg.compute_unit]:,.6g} {cfg.compute_unit} at the least)"
+            )
     if cfg.steps < 1:
         raise SettingsError("steps must be positive")
     for what, value in (("gen", cfg.gen_dtype), ("train", cfg.train_dtype)):
@@ -142,7 +174,14 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
 
 def schedule(cfg: TrainConfig) -> Schedule:
     return Schedule(
-        cfg.steps, cfg.budget, cfg.prompts_per_step, cfg.eval_every, cfg.target_accuracy
+        cfg.steps,
+        cfg.budget,
+        cfg.prompts_per_step,
+        cfg.eval_every,
+        cfg.target_accuracy,
+        cfg.budget_unit,
+        cfg.compute_unit,
+        cfg.compute_budget,
     )
 
 
@@ -234,6 +273,7 @@ class PolicyLearner:
         self.policy = policy
         self.source = source
         self.hist = Histogram()
+        self.first_eval_tokens: int | None = None
 
     def learn(self, result: StepResult) -> dict[str, float]:
         from trainers.grpo import grpo_update
@@ -245,10 +285,23 @@ class PolicyLearner:
         )
         p.backend.sync(p.model)
         self.hist.add_observed(result)
-        return {k: upd[k] for k in LEARN_STATS}
+        return {k: upd[k] for k in LEARN_STATS if k in upd}
 
     def evaluate(self) -> float:
-        return self.source.test_accuracy()[0]
+        acc, tokens = self.source.test_accuracy()
+        if self.first_eval_tokens is None:
+            self.first_eval_tokens = tokens
+        return acc
+
+    def reference_length(self) -> tuple[float, int]:
+        """Mean tokens of the initial policy's greedy test responses (the first evaluation),
+        and the cap ``max_new_tokens``; the cap stands for the mean when the first evaluation
+        ran in an earlier session of a resumed run."""
+        cap = self.source.params.max_new_tokens
+        n = len(self.source.test_tokens)
+        if self.first_eval_tokens is None or n == 0:
+            return float(cap), int(cap)
+        return self.first_eval_tokens / n, int(cap)
 
     def take_histogram(self) -> tuple[np.ndarray, np.ndarray]:
         return self.hist.take()
@@ -345,6 +398,7 @@ def run_training(
         torch.save(state, tmp)
         os.replace(tmp, ckpt_dir / "state.pt")
 
+    cost = cfg.cost()
     prog, _ = run(
         allocator,
         source,
@@ -356,9 +410,18 @@ def run_training(
         should_stop,
         checkpoint,
         cfg.checkpoint_every,
+        cost,
     )
     steps, evals, allocation = tables(prog)
-    return RunOutput(config, identity(cfg), summarize(prog, sched), steps, evals, allocation)
+    return RunOutput(
+        config,
+        identity(cfg),
+        summarize(prog, sched, cost),
+        steps,
+        evals,
+        allocation,
+        round_table(prog),
+    )
 
 
 def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:

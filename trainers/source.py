@@ -82,7 +82,13 @@ class ModelSource:
             np.int64,
         )
         return Samples.from_request(
-            prompt_ids, counts, rewards, lengths, answers=answers, tokens=list(responses)
+            prompt_ids,
+            counts,
+            rewards,
+            lengths,
+            answers=answers,
+            tokens=list(responses),
+            prompt_tokens=np.array([len(self.prompt_tokens[i]) for i in prompt_ids], np.int64),
         )
 
     def test_accuracy(self) -> tuple[float, int]:
