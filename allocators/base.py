@@ -449,7 +449,10 @@ class Capabilities:
     ``min_rollouts_per_prompt``: a budget below ``prompts_per_step`` times this is refused
     (methods that spend the budget). ``needs``: what the rollout source must provide.
     ``presets``: named option sets, ``name@preset`` on the command line. ``instead``: what to
-    run where a source lacks ``needs`` (the refusal line names it).
+    run where a source lacks ``needs`` (the refusal line names it). ``reference``: a yardstick
+    for the simulator, never a method to deploy (the oracle, which reads the true success
+    rates): ``all`` on the command line leaves it out and a source without its needs refuses it
+    as such.
     """
 
     spend: Literal["budget", "own"] = "budget"
@@ -457,6 +460,7 @@ class Capabilities:
     needs: frozenset[str] = frozenset()
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     instead: str = ""
+    reference: bool = False
 
 
 class SettingsError(ValueError):
@@ -494,6 +498,11 @@ def validate(
         )
     if provides is not None:
         missing = sorted(caps.needs - provides)
+        if missing and caps.reference:
+            raise SettingsError(
+                f"{label} is a reference for the simulator (it reads {', '.join(missing)}), "
+                f"not a method to deploy: score it with bench simulate --frozen"
+            )
         if missing:
             raise SettingsError(
                 f"{label} needs {', '.join(missing)} from the rollout source, "

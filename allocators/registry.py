@@ -23,6 +23,7 @@ from allocators.cropi import Cropi
 from allocators.dapo import Dapo
 from allocators.greso import Greso
 from allocators.knapsack import Knapsack
+from allocators.oracle import Oracle
 from allocators.reinforce_ada_est import ReinforceAdaEst
 from allocators.reinforce_ada_seq import ReinforceAdaSeq, ReinforceAdaSeqPos
 from allocators.uniform import Uniform
@@ -42,8 +43,16 @@ METHODS: dict[str, type[Allocator]] = {
         Cropi,
         Knapsack,
         Coba,
+        Oracle,
     )
 }
+
+
+def is_reference(name: str) -> bool:
+    """Whether registry name ``name`` is a reference for the simulator (the oracle), never a
+    method to deploy (``Capabilities.reference``); ``all`` leaves those out."""
+    cls = METHODS.get(name)
+    return cls is not None and cls.caps.reference
 
 
 class SpecError(ValueError):
@@ -132,14 +141,15 @@ def parse_spec(text: str) -> MethodSpec:
 
 
 def parse_specs(text: str) -> list[MethodSpec]:
-    """Comma-separated specs; ``all`` expands to every registered method with defaults."""
+    """Comma-separated specs; ``all`` expands to every registered method with defaults, the
+    references (``is_reference``: the oracle) left out."""
     out: list[MethodSpec] = []
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
         if item == "all":
-            out.extend(MethodSpec(n, None, ()) for n in METHODS)
+            out.extend(MethodSpec(n, None, ()) for n in METHODS if not is_reference(n))
         else:
             out.append(parse_spec(item))
     if not out:

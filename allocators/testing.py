@@ -57,9 +57,10 @@ SourceFactory = Callable[[int], tuple[CheckableSource, int]]
 
 class BernoulliSource:
     """Fixed pass rates (a U shape, as in RLVR data): prompt i succeeds with ``rates[i]``;
-    response lengths 20-200 tokens, wrong answers one of three ids."""
+    response lengths 20-200 tokens, wrong answers one of three ids; the true rates for a
+    reference that reads them (the oracle)."""
 
-    provides = frozenset({"answers"})
+    provides = frozenset({"answers", "true_rates"})
 
     def __init__(self, num_prompts: int = 96, seed: int = 0):
         self.rates = np.random.default_rng([seed, 11]).beta(0.4, 0.4, num_prompts)
@@ -74,6 +75,9 @@ class BernoulliSource:
         lengths = self.rng.integers(20, 200, ids.size)
         answers = np.where(ok, 0, self.rng.integers(1, 4, ids.size))
         return Samples.from_request(prompt_ids, counts, ok.astype(np.float64), lengths, answers)
+
+    def true_success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
+        return self.rates[np.asarray(prompt_ids, np.int64)]
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from allocators.metrics import first_crossing
+from allocators.registry import is_reference
 from bench.results import (
     COMPUTE_UNITS,
     LEADERBOARD_COLUMNS,
@@ -213,7 +214,7 @@ def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
     Frozen-policy runs (the leaderboard's ``frozen`` column: ``bench simulate --frozen``, or
     learning rate 0) are never pooled with learning runs: where both kinds share a group, the
     frozen arms are labelled ``frozen``. Rows of a leaderboard from before the column count as
-    learning runs."""
+    learning runs. A reference arm (the oracle) ends in ``(reference)``."""
     rows = rows.copy()
     rows["frozen"] = rows["frozen"].astype(str).str.lower().eq("true")
     rows["arm"] = rows["method"].astype(str)
@@ -233,6 +234,8 @@ def label_arms(rows: pd.DataFrame) -> pd.DataFrame:
                 ),
                 axis=1,
             ).str.replace(" ()", "", regex=False)
+    ref = rows["method_name"].astype(str).map(is_reference).astype(bool)
+    rows.loc[ref, "arm"] += " (reference)"  # the oracle: a yardstick, never a method to deploy
     return rows
 
 
@@ -830,3 +833,107 @@ def allocation_summary(alloc: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     total = s.groupby([*GROUP, "arm"], sort=False)["rollouts"].transform("sum")
     s["share"] = s["rollouts"] / total.where(total > 0, 1)
     return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen policy: every arm against the oracle (docs/results.md#oracle-ratios)
+# ---------------------------------------------------------------------------------------------
+ORACLE = "oracle"
+# leaderboard column -> the ratio's name in ``oracle_ratios``
+ORACLE_METRICS = {
+    "mean_effective_grad_ratio": "effective_grad_ratio",
+    "mean_expected_informative_groups": "expected_informative_groups",
+    "mean_pg_variance": "pg_variance",
+}
+
+
+def paired_ratio_of_means(
+    x, y, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
+    """mean(x) / mean(y) over paired samples (the same seed), with a paired bootstrap interval
+    (seeds resampled together); pairs with a NaN are left out."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if x.size == 0 or y.mean() == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    point = float(x.mean() / y.mean())
+    if x.size < 2:
+        return Interval(point, float("nan"), float("nan"))
+    if np.ptp(x / np.where(y == 0, np.nan, y)) == 0:  # the same ratio on every seed
+        return Interval(point, point, point)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap(
+            (x, y),
+            lambda a, b, axis=-1: np.mean(a, axis=axis) / np.mean(b, axis=axis),
+            n_resamples=resamples,
+            vectorized=True,
+            paired=True,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    ci = res.confidence_interval
+    return Interval(point, float(ci.low), float(ci.high))
+
+
+def oracle_ratios(
+    rows: pd.DataFrame,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Frozen-policy runs scored against the oracle: in every (mode, scenario, model) group with
+    frozen rows of an ``oracle`` arm, each other frozen arm's mean effective-gradient ratio,
+    expected informative groups and exact gradient variance over the oracle's, paired by seed
+    (an arm meets the oracle arm of its budget, prompts per step and steps). ``rows`` has
+    ``arm`` (``label_arms``). Empty without such groups."""
+    metrics = [f"{m}{s}" for m in ORACLE_METRICS.values() for s in ("", "_low", "_high")]
+    columns = [*GROUP, "arm", "oracle", "paired_seeds", *metrics]
+    if rows.empty or "frozen" not in rows:
+        return pd.DataFrame(columns=columns)
+    frozen = rows[rows["frozen"].astype(str).str.lower().eq("true")].copy()
+    for col in ORACLE_METRICS:  # a leaderboard from before a column: NaN ratios
+        frozen[col] = pd.to_numeric(frozen[col], errors="coerce") if col in frozen else np.nan
+    name = frozen["method_name"].where(frozen["method_name"].notna(), frozen["method"])
+    frozen["_oracle"] = name.astype(str).eq(ORACLE)
+    out = []
+    for key, g in frozen.groupby(GROUP, sort=False):
+        refs = g[g["_oracle"]]
+        if refs.empty:
+            continue
+        for arm, part in g[~g["_oracle"]].groupby("arm", sort=False):
+            first = part.iloc[0]
+            settings = [s for s in ARM_SETTINGS if s in g]
+            same = refs[
+                np.logical_and.reduce(
+                    [np.ones(len(refs), bool)]
+                    + [
+                        (refs[s].isna() if pd.isna(first[s]) else refs[s] == first[s]).to_numpy()
+                        for s in settings
+                    ]
+                )
+            ]
+            if same.empty:
+                continue
+            # the default oracle spec if there are several
+            ref_arm = sorted(same["arm"].unique(), key=lambda a: (a.split(" (")[0] != ORACLE, a))[0]
+            ref = same[same["arm"] == ref_arm].drop_duplicates("seed", keep="last")
+            paired = part.drop_duplicates("seed", keep="last").merge(
+                ref, on="seed", suffixes=("", "_ref")
+            )
+            line: dict = {
+                **dict(zip(GROUP, key)),
+                "arm": arm,
+                "oracle": ref_arm,
+                "paired_seeds": len(paired),
+            }
+            for col, short in ORACLE_METRICS.items():
+                ci = paired_ratio_of_means(
+                    paired[col], paired[f"{col}_ref"], resamples, confidence, seed
+                )
+                line.update({short: ci.point, f"{short}_low": ci.low, f"{short}_high": ci.high})
+            out.append(line)
+    return pd.DataFrame(out, columns=columns)

@@ -327,6 +327,7 @@ def _write_report(
     alloc, missing_alloc = R.load_run_tables(rows, runs_dir, "allocation", ALLOC_COLUMNS)
     costs = R.cost(rows, baseline, curves, **kw)
     across = R.across_scenarios(rows, "final_test_accuracy", **kw)
+    oracle = R.oracle_ratios(rows, **kw)
 
     notes: list[str] = [f"row left out: {s}" for s in skipped]
     if not (rows["method"] == baseline).any():
@@ -351,6 +352,8 @@ def _write_report(
 
     for key in ranks["final_test_accuracy"].groupby(R.GROUP, sort=False).groups:
         console.print(_terminal_table(key, ranks, vs, costs, baseline, confidence, rows, rank_by))
+    for table in _oracle_tables(oracle, confidence):
+        console.print(table)
     for n in notes:
         console.print(f"[dim]note:[/] {n}")
 
@@ -362,6 +365,8 @@ def _write_report(
         out / "versus_baseline.csv", index=False
     )
     cross.to_csv(out / "versus_baseline_every_budget.csv", index=False)
+    if len(oracle):
+        oracle.to_csv(out / "oracle_ratios.csv", index=False)
     md = _markdown(
         rows,
         files,
@@ -379,7 +384,7 @@ def _write_report(
         out,
         rank_by,
     )
-    (out / "report.md").write_text(md)
+    (out / "report.md").write_text(_with_oracle_section(md, oracle, confidence))
     console.print(f"report computed in {time.perf_counter() - t0:.1f} s")
 
 
@@ -813,3 +818,88 @@ def _markdown(
         "",
     ]
     return "\n".join(md)
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen policy: the arms against the oracle (bench.report.oracle_ratios)
+# --------------------------------------------------------------------------------------------
+ORACLE_COLUMNS = (
+    ("effective_grad_ratio", "effective-gradient ratio"),
+    ("expected_informative_groups", "expected informative groups"),
+    ("pg_variance", "gradient variance"),
+)
+ORACLE_NOTE = (
+    "Frozen-policy runs (a pure bandit: the true success rates never move), each arm's per-step "
+    "mean over the oracle's (which spends the same budget knowing the true rates, to maximise "
+    "the expected number of groups with mixed rewards; a reference, never a method to deploy), "
+    "paired by seed: effective-gradient ratio, expected informative groups (Σ 1 − p^n − "
+    "(1 − p)^n over the step's groups) and the exact variance of the GRPO gradient estimate "
+    "(docs/simulator.md#metrics). Expected informative groups cannot exceed 1 at the same "
+    "budget; a lower variance ratio is not better by itself: an informative group adds signal "
+    "and noise."
+)
+
+
+def _oracle_rows(oracle: pd.DataFrame):
+    for key, g in oracle.groupby(R.GROUP, sort=False):
+        yield (
+            key,
+            g,
+            [
+                [
+                    r["arm"],
+                    r["oracle"],
+                    str(int(r["paired_seeds"])),
+                    *(fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m, _ in ORACLE_COLUMNS),
+                ]
+                for _, r in g.iterrows()
+            ],
+        )
+
+
+def _oracle_tables(oracle: pd.DataFrame, confidence: float) -> list[Table]:
+    """Terminal tables of ``oracle_ratios``, one per group; none without frozen oracle runs."""
+    tables = []
+    for key, _, body in _oracle_rows(oracle):
+        table = Table(
+            show_lines=True,
+            title=f"{group_title(key)}: against the oracle (frozen policy; ratio to the "
+            f"oracle's, paired by seed [{confidence:.0%} bootstrap CI])",
+        )
+        for col in ("arm", "oracle", "seeds", *(title for _, title in ORACLE_COLUMNS)):
+            table.add_column(col, justify="left" if col in ("arm", "oracle") else "right")
+        for line in body:
+            table.add_row(*line)
+        tables.append(table)
+    return tables
+
+
+def _with_oracle_section(md: str, oracle: pd.DataFrame, confidence: float) -> str:
+    """``md`` with the oracle-ratio section before its notes (or its closing line); ``md``
+    unchanged without frozen oracle runs."""
+    if oracle.empty:
+        return md
+    cl = f"{confidence:.0%}"
+    section = ["## Against the oracle (frozen policy)", "", ORACLE_NOTE, ""]
+    for key, _, body in _oracle_rows(oracle):
+        section += [
+            f"### {group_title(key)}",
+            "",
+            _md_table(
+                [
+                    "arm",
+                    "oracle",
+                    "paired seeds",
+                    *(f"{title} / oracle's [{cl} CI]" for _, title in ORACLE_COLUMNS),
+                ],
+                [[f"`{a}`", f"`{o}`", s, *rest] for a, o, s, *rest in body],
+                left=2,
+            ),
+            "",
+        ]
+    section += ["Table as CSV: `oracle_ratios.csv`.", ""]
+    for anchor in ("\n## Notes\n", "\nTables as CSV:"):
+        at = md.find(anchor)
+        if at >= 0:
+            return md[: at + 1] + "\n".join(section) + md[at + 1 :]
+    return md + "\n" + "\n".join(section)

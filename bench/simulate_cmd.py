@@ -22,7 +22,7 @@ from rich.table import Table
 
 from allocators.base import SettingsError
 from allocators.loop import BUDGET_UNITS, COMPUTE_UNITS, RUN_BOUNDS
-from allocators.registry import METHODS, SpecError, parse_specs
+from allocators.registry import METHODS, SpecError, is_reference, parse_specs
 from bench import report as R
 from bench.errors import usage_error
 from bench.report import CONFIDENCE, mean_ci
@@ -87,7 +87,10 @@ def summary_table(rows: pd.DataFrame, rank_by: str = "tokens") -> list[Table]:
                 if reached
                 else f"never (0/{len(g)})"
             )
-            cells = [str(rank), method]
+            cells = [
+                str(rank),
+                method + (" (reference)" if is_reference(g.method_name.iloc[0]) else ""),
+            ]
             if rank_by != "steps":
                 cells.append(ms(g[key]))
             cells += [
@@ -116,7 +119,8 @@ def summary_table(rows: pd.DataFrame, rank_by: str = "tokens") -> list[Table]:
     default="all",
     show_default=True,
     help="Comma-separated method specs, name[@preset][:option=value...]; 'all' = every "
-    f"registered method. Registered: {', '.join(METHODS)}.",
+    f"registered method but the oracle (a reference, for --frozen). Registered: "
+    f"{', '.join(METHODS)}.",
 )
 @click.option(
     "--seeds",

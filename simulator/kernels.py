@@ -284,3 +284,114 @@ def offpolicy_grpo_gradients(ids, counts, rewards, behaviour_logp, X, theta, u, 
                     out[a, k] = c * X[i, k]
         j += n
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen-mode scoring: what a step's allocation buys, exactly (docs/simulator.md#metrics)
+# --------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _ipow(x, n):
+    """x**n for an integer n ≥ 0 by squaring."""
+    out = 1.0
+    while n > 0:
+        if n & 1:
+            out *= x
+        x *= x
+        n >>= 1
+    return out
+
+
+@njit(cache=True)
+def _moment_tables(generated):
+    """Per distinct group size n ≥ 2 of the step, for j = 1..n−1: the pmf ratio (n − j + 1)/j of
+    S = j to S = j − 1 and c(j) = j(n − j)/n / σ̂(j) (σ̂ the unbiased std of j successes in n;
+    eps is added by the caller). ``start[n]`` is the offset of size n's entries."""
+    n_max = 0
+    for g in range(generated.shape[0]):
+        n_max = max(n_max, generated[g])
+    start = np.full(n_max + 1, -1, np.int64)
+    size = 0
+    for g in range(generated.shape[0]):
+        n = generated[g]
+        if n >= 2 and start[n] < 0:
+            start[n] = size
+            size += n - 1
+    ratio = np.empty(size)
+    k_over_std = np.empty(size)
+    for n in range(2, n_max + 1):
+        o = start[n]
+        if o < 0:
+            continue
+        for j in range(1, n):
+            ratio[o + j - 1] = (n - j + 1) / j
+            k = j * (n - j) / n
+            k_over_std[o + j - 1] = math.sqrt(k / (n - 1))
+    return start, ratio, k_over_std
+
+
+@njit(cache=True)
+def _binomial_moments(n, z, pn, qn, e, eps, o, ratio, std):
+    """(E c, E c²) of c(S) = S(n − S)/n / (σ̂ + eps), S ~ Bin(n, p), n ≥ 2; p = σ(z),
+    pn = p^n, qn = (1 − p)^n, e = min(p, 1 − p)/max(p, 1 − p). The pmf by its
+    ratio recursion from the more likely end (c is symmetric in S ↔ n − S, so the tables serve
+    both directions), in log space where that end's probability would underflow."""
+    m1 = 0.0
+    m2 = 0.0
+    start = max(pn, qn)
+    if start > 1e-250:
+        pmf = start
+        for j in range(1, n):
+            pmf *= e * ratio[o + j - 1]
+            s = std[o + j - 1]
+            c = s * s * (n - 1) / (s + eps)
+            m1 += pmf * c
+            m2 += pmf * c * c
+        return m1, m2
+    lp = _log_sigmoid(z)
+    lq = _log_sigmoid(-z)
+    lc = math.lgamma(n + 1.0)
+    for j in range(1, n):
+        pmf = math.exp(lc - math.lgamma(j + 1.0) - math.lgamma(n - j + 1.0) + j * lp + (n - j) * lq)
+        s = std[o + j - 1]
+        c = s * s * (n - 1) / (s + eps)
+        m1 += pmf * c
+        m2 += pmf * c * c
+    return m1, m2
+
+
+@njit(cache=True)
+def allocation_moments(prompt_ids, generated, X, x_sq, theta, u, b, eps):
+    """(expected informative groups, pg variance) of a step's allocation at the current rates.
+
+    Group g of prompt i with n = ``generated[g]`` rollouts and S ~ Bin(n, p_i) successes, GRPO
+    advantages A_j = (r_j − S/n)/(σ̂ + eps) (unbiased σ̂; a group of one: A = r, verl's rule):
+    its term of the θ-gradient is c(S)·x_i with c(S) = Σ_j A_j (r_j − p_i) = S(n − S)/n/(σ̂ + eps)
+    (n = 1: S(1 − p_i)/(1 + eps)). Expected informative groups Σ_g 1 − p^n − (1 − p)^n; pg
+    variance tr Cov(Σ_g c_g x_g / N) = Σ_g ‖x_i‖² Var(c_g) / N², N = Σ_g n_g, groups independent
+    (``x_sq[i]`` = ‖x_i‖²)."""
+    z = logit_of(prompt_ids, X, theta, u, b)
+    start, ratio, std = _moment_tables(generated)
+    total = 0
+    for g in range(prompt_ids.shape[0]):
+        total += generated[g]
+    informative = 0.0
+    var = 0.0
+    for g in range(prompt_ids.shape[0]):
+        n = generated[g]
+        if n == 0:
+            continue
+        e = math.exp(-abs(z[g]))  # min(p, q)/max(p, q)
+        hi = 1.0 / (1.0 + e)  # max(p, q)
+        p, q = (hi, e * hi) if z[g] >= 0.0 else (e * hi, hi)
+        if n == 1:
+            vc = p * q * q * q / ((1.0 + eps) * (1.0 + eps))
+        else:
+            pn = _ipow(p, n)
+            qn = _ipow(q, n)
+            informative += max(0.0, 1.0 - pn - qn)
+            m1, m2 = _binomial_moments(n, z[g], pn, qn, e, eps, start[n], ratio, std)
+            vc = max(m2 - m1 * m1, 0.0)
+        var += x_sq[prompt_ids[g]] * vc
+    if total == 0:
+        return informative, 0.0
+    return informative, var / (total * total)

@@ -7,12 +7,17 @@ import math
 
 import numpy as np
 
+from allocators.advantages import GRPO_EPS
 from allocators.base import Samples, StepResult
 from allocators.loop import Histogram
 from simulator import kernels
 from simulator.scenarios import Scenario, World
 
 _AGG = {"token-mean": 0, "seq-mean": 1, "seq-mean-token-mean": 2}
+# Learning runs compute the allocation moments on every this-many-th step only (their exact
+# sums over the binomial cost about 5% of a uniform step; frozen runs, which the oracle ratios
+# score, compute them every step).
+MOMENTS_STRIDE = 10
 
 
 class LearningModel:
@@ -33,6 +38,7 @@ class LearningModel:
         self.lr = 0.0 if scenario.frozen else float(scenario.lr)
         self.lr_u = 0.0 if scenario.frozen else float(scenario.memorization_lr)
         self.hist = Histogram()
+        self.x_sq = np.einsum("ij,ij->i", world.X, world.X)  # ‖x_i‖², for allocation_moments
 
     def success_rates(self, ids: np.ndarray) -> np.ndarray:
         """True current success rates of training prompts ``ids``."""
@@ -70,8 +76,34 @@ class LearningModel:
         return float(np.mean(p0 * ok + (1 - p0) * wrong)), int(s.max_tokens)
 
     def learn(self, r: StepResult) -> dict[str, float]:
-        """Apply the step's policy-gradient update; returns its gradient norm."""
-        return {"grad_norm": self.update(r)}
+        """Apply the step's policy-gradient update; returns its gradient norm, and the expected
+        informative groups and exact GRPO gradient variance of the step's allocation at the
+        rates it was sampled at (``allocation_moments``, docs/simulator.md#metrics): every step
+        of a frozen run, every ``MOMENTS_STRIDE``-th of a learning run (NaN in between)."""
+        informative = variance = float("nan")
+        if self.s.frozen or r.step % MOMENTS_STRIDE == 0:
+            informative, variance = self.allocation_moments(r.prompt_ids, r.counts.generated)
+        return {
+            "grad_norm": self.update(r),
+            "expected_informative_groups": informative,
+            "pg_variance": variance,
+        }
+
+    def allocation_moments(
+        self, prompt_ids: np.ndarray, generated: np.ndarray
+    ) -> tuple[float, float]:
+        """(Σ_g 1 − p^n − (1 − p)^n, tr Cov of the GRPO θ-gradient) for ``generated[g]`` rollouts
+        of ``prompt_ids[g]`` at the current true rates (``kernels.allocation_moments``)."""
+        return kernels.allocation_moments(
+            np.asarray(prompt_ids, np.int64),
+            np.asarray(generated, np.int64),
+            self.w.X,
+            self.x_sq,
+            self.theta,
+            self.u,
+            self.w.b,
+            GRPO_EPS,
+        )
 
     def update(self, r: StepResult) -> float:
         """Apply the step's policy-gradient update; returns the gradient norm."""
