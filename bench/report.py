@@ -408,7 +408,13 @@ def rank(
                     "iqm_high": q.high,
                 }
             )
-        recs.sort(key=lambda r: (-r["mean"] if higher else r["mean"], r["arm"]))
+        recs.sort(  # arms without a value (rows from before the column) last
+            key=lambda r: (
+                bool(np.isnan(r["mean"])),
+                -r["mean"] if higher else r["mean"],
+                r["arm"],
+            )
+        )
         for k, r in enumerate(recs, 1):
             r["rank"] = k
         out.extend(recs)
@@ -512,15 +518,18 @@ def paired_difference(
     return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
-def baseline_arm(group: pd.DataFrame, budget: int, baseline: str) -> str:
-    """The group's arm running the ``baseline`` spec at ``budget``, else at its largest budget;
-    '' if the group has no such arm."""
+def baseline_arm(group: pd.DataFrame, budget: int, baseline: str, version: str = "") -> str:
+    """The group's arm running the ``baseline`` spec at ``budget``, else at its largest budget,
+    from the same code version when the group has one (a re-run study compares within its
+    version); '' if the group has no such arm."""
     base = group[group["method"] == baseline]
     if base.empty:
         return ""
+    if version and (base["code_version"] == version).any():
+        base = base[base["code_version"] == version]
     same = base[base["budget"] == budget]
     pick = same if len(same) else base[base["budget"] == base["budget"].max()]
-    return str(pick["arm"].iloc[0])
+    return str(pick["arm"].iloc[-1])
 
 
 def versus_baseline(
@@ -545,7 +554,11 @@ def versus_baseline(
             bases = (
                 base_arms
                 if every_budget
-                else [baseline_arm(g, int(part["budget"].iloc[0]), baseline)]
+                else [
+                    baseline_arm(
+                        g, int(part["budget"].iloc[0]), baseline, str(part["code_version"].iloc[0])
+                    )
+                ]
             )
             for base in bases:
                 if every_budget and base == arm:
@@ -636,7 +649,9 @@ def cost(
             n_tok = int(sum(r in tok for r in part["run_id"]))
             t2t = mean_ci(tt, resamples, confidence, seed)
             ratio = Interval(float("nan"), float("nan"), float("nan"))
-            base_label = baseline_arm(g, info["budget"], baseline)
+            base_label = baseline_arm(
+                g, info["budget"], baseline, str(part["code_version"].iloc[0])
+            )
             if base_label:
                 pick = g[g["arm"] == base_label]
                 ratio = ratio_of_means(pick["rollouts_to_target"], rt, resamples, confidence, seed)

@@ -283,3 +283,23 @@ def test_rows_before_the_compute_columns_rank_at_equal_steps():
     rows = _frame(_rows())
     rows["acc_tokens_100"] = np.nan
     assert R.group_rank_metric(rows, "tokens") == "final_test_accuracy"
+
+
+def test_a_rerun_study_compares_within_its_code_version_and_old_arms_rank_last():
+    old = _frame(_rows())
+    old[["acc_tokens_100", "acc_rollouts_100", "acc_seconds_100"]] = np.nan  # before the columns
+    old["code_version"] = "old"
+    new = _frame(_rows())
+    new["code_version"] = "new"
+    new["config_hash"] = new["config_hash"] + "-new"
+    rows = R.label_arms(pd.concat([old, new], ignore_index=True))
+    ranked = R.rank(rows, "acc_tokens_100", resamples=200)
+    assert ranked["arm"].tolist()[:2] == [
+        "uniform (code_version=new)",
+        "spender (code_version=new)",
+    ]
+    assert ranked["mean"].iloc[2:].isna().all()  # the old arms, without the column, last
+    vs = R.versus_baseline(rows, "acc_tokens_100", resamples=200)
+    spender_new = vs[vs["arm"] == "spender (code_version=new)"].iloc[0]
+    assert spender_new["baseline"] == "uniform (code_version=new)"
+    assert spender_new["diff"] == pytest.approx(-0.05)
