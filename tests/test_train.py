@@ -22,7 +22,7 @@ for _module in ("torch", "transformers"):
 import torch
 
 from allocators.advantages import group_normalized
-from allocators.base import PromptStream, Step
+from allocators.base import NO_ANSWER, PromptStream, Step
 from allocators.registry import METHODS, parse_spec
 from bench.cli import main
 from bench.results import LEADERBOARD_COLUMNS
@@ -539,7 +539,8 @@ def test_datasets_load_from_jsonl_and_parquet(tmp_path):
 
 
 def test_source_reports_answers_as_the_simulator_does(smol):
-    """0 for a correct response, one id per distinct wrong answer of the prompt in the step."""
+    """0 for a correct response, one id per distinct wrong answer of the prompt in the step,
+    NO_ANSWER where none could be extracted (it carries no mass in C-GRPO)."""
     path, tok = smol
     task = chain_sum(seed=0, num_train=4, num_test=2)
     gold = [int(a) for a in task.train_answers]
@@ -557,6 +558,6 @@ def test_source_reports_answers_as_the_simulator_does(smol):
     source = ModelSource(Fixed(), tok, task, GenParams(8), seed=0)
     source.begin_step(0)
     s = source.sample(np.array([0, 1]), np.array([5, 2]))
-    assert s.answers.tolist() == [0, 1, 2, 1, 3, 1, 0]
+    assert s.answers.tolist() == [0, 1, 2, 1, NO_ANSWER, 1, 0]  # no answer: no id of its own
     assert np.array_equal(s.answers == 0, s.rewards == 1.0)
     assert task.extract("so 12, then 15") == "15" and task.extract("no idea") == ""
