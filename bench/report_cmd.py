@@ -22,6 +22,7 @@ from rich.table import Table
 
 from bench import report as R
 from bench.errors import usage_error
+from bench.options import rank_by_option
 from bench.results import (
     ResultsError,
     check_writable,
@@ -200,14 +201,7 @@ def solver_chart(path: Path, out_dir: Path) -> tuple[Path | None, str]:
     show_default=True,
     help="Confidence level of the intervals.",
 )
-@click.option(
-    "--rank-by",
-    type=click.Choice(R.RANK_UNITS),
-    default="tokens",
-    show_default=True,
-    help="Rank by test accuracy at equal compute in this unit (the compute uniform GRPO spends "
-    "in the run's steps), or at equal steps.",
-)
+@rank_by_option
 @click.option("--no-plots", is_flag=True, help="Write the Markdown report and tables only.")
 def report(
     results_paths,
@@ -439,50 +433,32 @@ def _draw(rows, curves, alloc, missing_curves, missing_alloc, out, runs_dir, res
     return written, notes
 
 
+def _in_group(df: pd.DataFrame, key) -> pd.DataFrame:
+    """The rows of ``df`` in the (mode, scenario, model) group ``key``."""
+    return df[(df["mode"] == key[0]) & (df["scenario"] == key[1]) & (df["model"] == key[2])]
+
+
 def _lookup(df: pd.DataFrame, key, arm) -> pd.Series | None:
     if df.empty:
         return None
-    m = df[
-        (df["mode"] == key[0])
-        & (df["scenario"] == key[1])
-        & (df["model"] == key[2])
-        & (df["arm"] == arm)
-    ]
+    g = _in_group(df, key)
+    m = g[g["arm"] == arm]
     return None if m.empty else m.iloc[0]
 
 
 def _poi_vs(poi, key, arm, other):
     if poi.empty or not other or arm == other:
         return None
-    m = poi[
-        (poi["mode"] == key[0])
-        & (poi["scenario"] == key[1])
-        & (poi["model"] == key[2])
-        & (poi["x"] == arm)
-        & (poi["y"] == other)
-    ]
+    g = _in_group(poi, key)
+    m = g[(g["x"] == arm) & (g["y"] == other)]
     return None if m.empty else m.iloc[0]
-
-
-def _in_group(df, key):
-    return df[(df["mode"] == key[0]) & (df["scenario"] == key[1]) & (df["model"] == key[2])]
 
 
 def _terminal_table(key, ranks, vs, costs, baseline, confidence, rows, rank_by="tokens") -> Table:
     metric = R.group_rank_metric(_in_group(rows, key), rank_by)
     fin = ranks["final_test_accuracy"]
     g = _in_group(ranks[metric], key)
-    bases = sorted(
-        {
-            b
-            for b in vs["final_test_accuracy"].pipe(
-                lambda v: v[
-                    (v["mode"] == key[0]) & (v["scenario"] == key[1]) & (v["model"] == key[2])
-                ]
-            )["baseline"]
-            if b
-        }
-    )
+    bases = sorted({b for b in _in_group(vs["final_test_accuracy"], key)["baseline"] if b})
     target = None
     table = Table(
         show_lines=True,
@@ -588,9 +564,7 @@ def _markdown(
     fin = ranks["final_test_accuracy"]
     for key, g in fin.groupby(R.GROUP, sort=False):
         md += [f"## {group_title(key)}", ""]
-        sub = rows[
-            (rows["mode"] == key[0]) & (rows["scenario"] == key[1]) & (rows["model"] == key[2])
-        ]
+        sub = _in_group(rows, key)
         settings = ", ".join(
             f"{s} {', '.join(sorted(map(R.fmt_setting, sub[s].unique())))}" for s in R.ARM_SETTINGS
         )
@@ -638,7 +612,7 @@ def _markdown(
             ),
         ):
             rk = ranks[metric]
-            gk = rk[(rk["mode"] == key[0]) & (rk["scenario"] == key[1]) & (rk["model"] == key[2])]
+            gk = _in_group(rk, key)
             body = []
             for r in gk.itertuples(index=False):
                 v = _lookup(vs[metric], key, r.arm)
@@ -733,9 +707,7 @@ def _markdown(
             ),
             "",
         ]
-        cg = cross[
-            (cross["mode"] == key[0]) & (cross["scenario"] == key[1]) & (cross["model"] == key[2])
-        ]
+        cg = _in_group(cross, key)
         if cg["baseline"].nunique() > 1:
             md += [
                 f"### Against `{baseline}` at every budget (final test accuracy)",

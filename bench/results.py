@@ -435,9 +435,8 @@ def append_rows(
         head = _header(path)
         if head is None:
             _replace_atomically(path, ",".join(columns) + "\n")
-        elif head != columns:
-            check_header(path, columns)  # refuses another schema
-            _replace_atomically(path, read_checked(path, columns))  # upgrades an older one
+        elif head != columns:  # an older schema is upgraded once; read_checked refuses another
+            _replace_atomically(path, read_checked(path, columns))
         else:
             _repair_tail(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)

@@ -21,10 +21,11 @@ from rich.progress import (
 from rich.table import Table
 
 from allocators.base import SettingsError
-from allocators.loop import BUDGET_UNITS, COMPUTE_UNITS, RUN_BOUNDS
+from allocators.loop import RUN_BOUNDS
 from allocators.registry import METHODS, SpecError, is_reference, parse_specs
 from bench import report as R
 from bench.errors import usage_error
+from bench.options import compute_options, compute_settings, rank_by_option
 from bench.report import CONFIDENCE, mean_ci
 from bench.report_cmd import fmt_ci
 from bench.results import ResultsError, check_outputs, leaderboard_path
@@ -156,42 +157,8 @@ def summary_table(rows: pd.DataFrame, rank_by: str = "tokens") -> list[Table]:
     show_default=True,
     help="Steps between test-accuracy evaluations.",
 )
-@click.option(
-    "--budget-unit",
-    type=click.Choice(BUDGET_UNITS),
-    default="rollouts",
-    show_default=True,
-    help="Unit of --budget: rollouts, or tokens (the methods that spend the step budget buy "
-    "rollouts with their per-prompt length estimates).",
-)
-@click.option(
-    "--compute-budget",
-    type=click.FloatRange(0, 1e18, min_open=True),
-    default=None,
-    help="Stop each run once it has spent this much compute (in --compute-unit); --steps "
-    "stays the step limit.",
-)
-@click.option(
-    "--compute-unit",
-    type=click.Choice(COMPUTE_UNITS),
-    default="tokens",
-    show_default=True,
-    help="Unit of --compute-budget: rollouts, tokens or modelled generation seconds.",
-)
-@click.option(
-    "--cost-model",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Generation-time model (JSON, from `bench fit-cost`) [default: a 7-8B model in vLLM "
-    "on one H100].",
-)
-@click.option(
-    "--rank-by",
-    type=click.Choice(R.RANK_UNITS),
-    default="tokens",
-    show_default=True,
-    help="Rank by test accuracy at equal compute in this unit, or at equal steps.",
-)
+@compute_options
+@rank_by_option
 @click.option(
     "--frozen", is_flag=True, help="Learning rate 0: a pure bandit, the policy never moves."
 )
@@ -276,10 +243,7 @@ def simulate(
                 prompts_per_step=prompts_per_step,
                 eval_every=eval_every,
                 frozen=frozen,
-                budget_unit=budget_unit,
-                compute_unit=compute_unit if compute_budget else "",
-                compute_budget=compute_budget or 0.0,
-                cost_model=cost_model or "",
+                **compute_settings(budget_unit, compute_budget, compute_unit, cost_model),
             )
             for spec in specs
             for seed in seed_list

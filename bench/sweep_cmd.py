@@ -101,7 +101,7 @@ def sweep(grid, backend, address, workers, out_dir, runs_dir, max_runs, rerun, d
         since = time.time()  # runs done from now on by a concurrent sweep are skipped
         todo, skipped = (list(plan.runs), 0) if rerun else pending(plan, out)
         if not dry_run:
-            check_writable(runs_dir)
+            check_writable(runs_dir, "runs folder")
     except ResultsError as exc:
         raise usage_error(str(exc)) from None
     deferred = 0

@@ -27,9 +27,10 @@ from rich.progress import (
 )
 
 from allocators.base import SettingsError
-from allocators.loop import BUDGET_UNITS, COMPUTE_UNITS, RUN_BOUNDS, Interrupted
+from allocators.loop import RUN_BOUNDS, Interrupted
 from allocators.registry import METHODS, SpecError, parse_specs
 from bench.errors import usage_error
+from bench.options import compute_options, compute_settings
 from bench.results import ResultsError, check_outputs, config_hash, leaderboard_path
 from bench.runner import Recorder, run_id_for
 
@@ -299,33 +300,7 @@ def train_one(
     help="Sequences per forward pass (memory only).",
 )
 @click.option("--checkpoint-every", type=click.IntRange(1, 100_000), default=10, show_default=True)
-@click.option(
-    "--budget-unit",
-    type=click.Choice(BUDGET_UNITS),
-    default="rollouts",
-    show_default=True,
-    help="Unit of --budget (tokens: the budget-spending methods buy rollouts with per-prompt "
-    "length estimates).",
-)
-@click.option(
-    "--compute-budget",
-    type=click.FloatRange(0, 1e18, min_open=True),
-    default=None,
-    help="Stop once the run has spent this much compute (in --compute-unit).",
-)
-@click.option(
-    "--compute-unit",
-    type=click.Choice(COMPUTE_UNITS),
-    default="tokens",
-    show_default=True,
-    help="Unit of --compute-budget: rollouts, tokens or modelled generation seconds.",
-)
-@click.option(
-    "--cost-model",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Generation-time model (JSON, from `bench fit-cost`) for the modelled seconds.",
-)
+@compute_options
 @click.option(
     "--threads",
     type=click.IntRange(1, 1024),
@@ -457,10 +432,7 @@ def train(
             train_dtype=train_dtype,
             max_new_tokens=max_new_tokens,
             checkpoint_every=checkpoint_every,
-            budget_unit=budget_unit,
-            compute_unit=compute_unit if compute_budget else "",
-            compute_budget=compute_budget or 0.0,
-            cost_model=cost_model or "",
+            **compute_settings(budget_unit, compute_budget, compute_unit, cost_model),
             grpo=grpo,
         )
         configs = [replace(base, method=s.label) for s in specs]

@@ -332,6 +332,23 @@ def test_resume_after_interruption_reproduces_the_next_step(tmp_path, smol):
         assert full.summary[k] == resumed.summary[k]
 
 
+# One step of 4 rollouts over 2 prompts, 4 new tokens: the smallest bench train run
+TINY_RUN = [
+    "--steps",
+    "1",
+    "--budget",
+    "4",
+    "--prompts-per-step",
+    "2",
+    "--train-prompts",
+    "8",
+    "--test-prompts",
+    "2",
+    "--max-new-tokens",
+    "4",
+]
+
+
 def cli(args, tmp_path):
     return CliRunner().invoke(
         main,
@@ -340,25 +357,7 @@ def cli(args, tmp_path):
 
 
 def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
-    r = cli(
-        [
-            "--steps",
-            "1",
-            "--budget",
-            "4",
-            "--prompts-per-step",
-            "2",
-            "--train-prompts",
-            "8",
-            "--test-prompts",
-            "2",
-            "--max-new-tokens",
-            "4",
-            "--eval-every",
-            "1",
-        ],
-        tmp_path,
-    )
+    r = cli([*TINY_RUN, "--eval-every", "1"], tmp_path)
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "results" / "train_leaderboard.csv")
     assert list(df.columns) == LEADERBOARD_COLUMNS and len(df) == 1
@@ -448,25 +447,7 @@ def test_ctrl_c_during_the_last_step_stops_the_command(tmp_path, monkeypatch):
         return real(cfg, run_dir, on_step, should_stop, resume=resume)
 
     monkeypatch.setattr(trun, "run_training", ctrl_c_in_last_step)
-    r = cli(
-        [
-            "--methods",
-            "uniform,knapsack",
-            "--steps",
-            "1",
-            "--budget",
-            "4",
-            "--prompts-per-step",
-            "2",
-            "--train-prompts",
-            "8",
-            "--test-prompts",
-            "2",
-            "--max-new-tokens",
-            "4",
-        ],
-        tmp_path,
-    )
+    r = cli(["--methods", "uniform,knapsack", *TINY_RUN], tmp_path)
     assert r.exit_code == 130, r.output
     assert "not run: knapsack" in r.output
     df = pd.read_csv(tmp_path / "results" / "train_leaderboard.csv")
