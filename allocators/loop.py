@@ -74,6 +74,9 @@ ROUND_COLUMNS = (
     "model_seconds",  # the cost model's
 )
 ALLOCATION_COLUMNS = ("step", "p_low", "p_high", "prompts", "rollouts")
+# The rollout log (docs/results.md#rollout-log): one row per prompt visit, a visit being the
+# rollouts one generation round of a step drew for one prompt. Integers throughout.
+ROLLOUT_LOG_COLUMNS = ("step", "round", "prompt_id", "rollouts", "successes", "tokens")
 HIST_BINS = 10
 
 
@@ -197,6 +200,7 @@ class Progress:
     lengths_state: dict = field(default_factory=dict)  # LengthEstimates (token budgets)
     rounds: list[tuple] = field(default_factory=list)  # ROUND_COLUMNS
     stopped_by_compute: bool = False
+    visits: list[np.ndarray] = field(default_factory=list)  # per step, ROLLOUT_LOG_COLUMNS rows
 
 
 @dataclass
@@ -208,6 +212,7 @@ class RunOutput:
     evals: pd.DataFrame  # EVAL_COLUMNS, one row per evaluation (step 0 included)
     allocation: pd.DataFrame  # ALLOCATION_COLUMNS, per evaluation period and decile
     rounds: pd.DataFrame | None = None  # ROUND_COLUMNS, one row per generation round
+    visits: pd.DataFrame | None = None  # ROLLOUT_LOG_COLUMNS, one row per prompt visit
 
 
 class Interrupted(Exception):
@@ -286,6 +291,7 @@ def run(
                 + (r.seconds, sec)
             )
         prog.cum_seconds += model_seconds
+        prog.visits.append(visit_rows(result, t + 1))
         gen = step.source_seconds
         row = {
             "step": t + 1,
@@ -357,6 +363,43 @@ def tables(prog: Progress) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     evals = pd.DataFrame(prog.evals, columns=list(EVAL_COLUMNS))
     alloc = pd.DataFrame(prog.allocation, columns=list(ALLOCATION_COLUMNS))
     return steps, evals, alloc
+
+
+def visit_rows(result: StepResult, step: int) -> np.ndarray:
+    """The rollout-log rows of one step (``ROLLOUT_LOG_COLUMNS``, int64): per generation round
+    (``result.rounds``, in the order the samples were drawn) and per prompt of the batch, the
+    rollouts drawn, how many were correct and their response tokens. Prompts a round did not
+    sample have no row."""
+    s = result.samples
+    n = len(s)
+    if n == 0:
+        return np.zeros((0, len(ROLLOUT_LOG_COLUMNS)), np.int64)
+    sizes = np.fromiter((r.sequences for r in result.rounds), np.int64, len(result.rounds))
+    rnd = (
+        np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        if sizes.sum() == n
+        else np.zeros(n, np.int64)
+    )
+    width = max(int(result.prompt_ids.size), 1)
+    keys, inverse = np.unique(rnd * width + s.group, return_inverse=True)
+    out = np.empty((keys.size, len(ROLLOUT_LOG_COLUMNS)), np.int64)
+    out[:, 0] = step
+    out[:, 1] = keys // width
+    out[:, 2] = result.prompt_ids[keys % width]
+    out[:, 3] = np.bincount(inverse, minlength=keys.size)
+    out[:, 4] = np.rint(np.bincount(inverse, s.rewards, keys.size))
+    out[:, 5] = np.rint(np.bincount(inverse, s.lengths, keys.size))
+    return out
+
+
+def rollout_log(prog: Progress) -> pd.DataFrame:
+    """The run folder's ``rollouts.parquet``: every prompt visit of the run."""
+    rows = (
+        np.concatenate(prog.visits)
+        if prog.visits
+        else np.zeros((0, len(ROLLOUT_LOG_COLUMNS)), np.int64)
+    )
+    return pd.DataFrame(rows, columns=list(ROLLOUT_LOG_COLUMNS))
 
 
 def round_table(prog: Progress) -> pd.DataFrame:

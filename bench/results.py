@@ -477,6 +477,11 @@ def read_leaderboard(
     return pd.read_csv(io.StringIO(text))
 
 
+# Tables a run folder keeps as parquet (columnar, compressed): the rollout log, which has a row
+# per prompt visit (docs/results.md#rollout-log); the others are small CSVs.
+PARQUET_TABLES = frozenset({"rollouts"})
+
+
 def write_run_folder(
     runs_dir: str | Path,
     run_id: str,
@@ -484,7 +489,8 @@ def write_run_folder(
     tables: dict[str, pd.DataFrame],
     own: bool = False,
 ) -> Path:
-    """Write ``runs/<run_id>/`` (config.json and one CSV per table) atomically: into a hidden
+    """Write ``runs/<run_id>/`` (config.json, one CSV per table, ``PARQUET_TABLES`` as
+    parquet) atomically: into a hidden
     folder, renamed into place. An existing folder of that name is replaced only when it is the
     run's ``own`` (a training run's checkpoint folder); otherwise ``ResultsError``."""
     runs = make_folder(runs_dir)
@@ -495,7 +501,10 @@ def write_run_folder(
         os.chmod(tmp, 0o777 & ~_umask())
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         for name, df in tables.items():
-            df.to_csv(tmp / f"{name}.csv", index=False)
+            if name in PARQUET_TABLES:
+                df.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
+            else:
+                df.to_csv(tmp / f"{name}.csv", index=False)
         if own and final.exists():
             shutil.rmtree(final)
         try:

@@ -87,6 +87,7 @@ class Recorder:
                     "evals": out.evals,
                     "allocation": out.allocation,
                     **({"rounds": out.rounds} if out.rounds is not None else {}),
+                    **({"rollouts": out.visits} if out.visits is not None else {}),
                 },
                 own=run_id is not None,
             )

@@ -31,17 +31,22 @@ from bench.report_cmd import fmt_ci
 from bench.results import ResultsError, check_outputs, leaderboard_path
 from bench.runner import MAX_RUNS, Recorder, execute, parse_seeds
 from simulator.run import SimConfig, check
+from simulator.scenario_files import ScenarioError, is_scenario_file, lookup, origin
 from simulator.scenarios import SCENARIOS
 
 DEFAULTS = SimConfig()
 
 
-def print_scenarios(console: Console) -> None:
+def print_scenarios(console: Console, files: list[str]) -> None:
+    """The built-in scenarios and any scenario files named, with where each came from."""
     table = Table(title="Scenarios", show_lines=True)
-    for col in ("name", "prompts", "d", "what it is", "calibrated to"):
+    for col in ("name", "from", "prompts", "d", "what it is", "calibrated to"):
         table.add_column(col, overflow="fold")
-    for s in SCENARIOS.values():
-        table.add_row(s.name, f"{s.num_prompts:,}", str(s.dim), s.summary, s.calibration)
+    for ref in [*SCENARIOS, *files]:
+        s = lookup(ref)
+        table.add_row(
+            s.name, origin(s, ref), f"{s.num_prompts:,}", str(s.dim), s.summary, s.calibration
+        )
     console.print(table)
 
 
@@ -113,7 +118,8 @@ def summary_table(rows: pd.DataFrame, rank_by: str = "tokens") -> list[Table]:
     "--scenario",
     default=DEFAULTS.scenario,
     show_default=True,
-    help="Scenario name (see --list-scenarios).",
+    help="Built-in scenario name or a scenario .toml file (see --list-scenarios; "
+    "docs/simulator.md#scenario-files).",
 )
 @click.option(
     "--methods",
@@ -212,11 +218,13 @@ def simulate(
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # logs and pipes: room for the table instead of 80 columns
+    try:
+        sc = lookup(scenario)
+    except ScenarioError as exc:
+        raise usage_error(str(exc)) from None
     if list_scenarios:
-        print_scenarios(console)
+        print_scenarios(console, [scenario] if is_scenario_file(scenario) else [])
         return
-    if scenario not in SCENARIOS:
-        raise usage_error(f"unknown scenario {scenario!r} (scenarios: {', '.join(SCENARIOS)})")
     try:
         specs = parse_specs(methods)
         seed_list = parse_seeds(seeds)
@@ -226,7 +234,6 @@ def simulate(
         raise usage_error(
             f"{len(specs)} methods x {len(seed_list)} seeds is more than {MAX_RUNS:,} runs"
         )
-    sc = SCENARIOS[scenario]
     if prompts_per_step > sc.num_prompts:
         raise usage_error(
             f"--prompts-per-step {prompts_per_step} exceeds the scenario's pool of "

@@ -52,7 +52,7 @@ from allocators.registry import SpecError, parse_spec
 from bench.results import config_hash, leaderboard_path, make_folder, read_leaderboard
 from bench.runner import MAX_RUNS, Recorder, execute, parse_seeds
 from simulator.run import SimConfig, check, resolve, run_simulation
-from simulator.scenarios import SCENARIOS
+from simulator.scenario_files import ScenarioError, is_scenario_file, lookup
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,7 +131,7 @@ def _int_axis(key: str, values: list, where: str, minimum: int = 1) -> list[int]
     return out
 
 
-def _axis(key: str, raw, where: str) -> list:
+def _axis(key: str, raw, where: str, folder: Path | None = None) -> list:
     if key == "seeds":
         if isinstance(raw, (int, str)) and not isinstance(raw, bool):
             try:
@@ -143,12 +143,18 @@ def _axis(key: str, raw, where: str) -> list:
     if key == "methods":
         return [_method_spec(v, where) for v in values]
     if key == "scenarios":
+        out = []
         for v in values:
-            if v not in SCENARIOS:
-                raise GridError(
-                    f"{where}: unknown scenario {v!r} (scenarios: {', '.join(SCENARIOS)})"
-                )
-        return values
+            if not isinstance(v, str):
+                raise GridError(f"{where}: a scenario is a name or a .toml file, not {v!r}")
+            if is_scenario_file(v) and folder is not None and not Path(v).is_absolute():
+                v = str(folder / v)  # scenario files are relative to the grid file
+            try:
+                lookup(v)
+            except ScenarioError as exc:
+                raise GridError(f"{where}: {exc}") from None
+            out.append(v)
+        return out
     if key == "frozen":
         if not all(isinstance(v, bool) for v in values):
             raise GridError(f"{where}: frozen must be true or false")
@@ -165,11 +171,11 @@ def _axis(key: str, raw, where: str) -> list:
 
 
 def _check(cfg: SimConfig, where: str) -> None:
-    sc = SCENARIOS[cfg.scenario]
+    sc = lookup(cfg.scenario)
     if cfg.prompts_per_step > sc.num_prompts:
         raise GridError(
             f"{where}: prompts_per_step {cfg.prompts_per_step} exceeds scenario "
-            f"{cfg.scenario}'s pool of {sc.num_prompts} prompts"
+            f"{sc.name}'s pool of {sc.num_prompts} prompts"
         )
     try:
         check(cfg)
@@ -177,7 +183,7 @@ def _check(cfg: SimConfig, where: str) -> None:
         raise GridError(f"{where}: {exc}") from None
 
 
-def _normalise(table: dict, where: str) -> dict:
+def _normalise(table: dict, where: str, folder: Path | None = None) -> dict:
     out = {}
     for k, v in table.items():
         key = ALIASES.get(k, k)
@@ -185,12 +191,13 @@ def _normalise(table: dict, where: str) -> dict:
             continue
         if key not in AXES:
             raise GridError(f"{where}: unknown key {k!r} (keys: {', '.join(AXES)}, name)")
-        out[key] = _axis(key, v, where)
+        out[key] = _axis(key, v, where, folder)
     return out
 
 
-def expand(grid: dict, source: str = "grid") -> Plan:
-    """The unique runs of a parsed grid (``GridError`` on anything it cannot use)."""
+def expand(grid: dict, source: str = "grid", folder: Path | None = None) -> Plan:
+    """The unique runs of a parsed grid (``GridError`` on anything it cannot use); scenario
+    files are relative to ``folder`` (the grid file's)."""
     unknown = set(grid) - {"sweep", "experiment"}
     if unknown:
         raise GridError(
@@ -199,7 +206,7 @@ def expand(grid: dict, source: str = "grid") -> Plan:
     base_raw = grid.get("sweep", {})
     if not isinstance(base_raw, dict):
         raise GridError(f"{source}: [sweep] must be a table")
-    base = _normalise(base_raw, f"{source} [sweep]")
+    base = _normalise(base_raw, f"{source} [sweep]", folder)
     experiments = grid.get("experiment", [{}])
     if not isinstance(experiments, list) or not all(isinstance(e, dict) for e in experiments):
         raise GridError(f"{source}: experiments are [[experiment]] tables")
@@ -211,7 +218,7 @@ def expand(grid: dict, source: str = "grid") -> Plan:
     for k, exp in enumerate(experiments, 1):
         name = str(exp.get("name", base_raw.get("name", f"experiment {k}")))
         where = f"{source} [[experiment]] {name!r}" if "experiment" in grid else f"{source}"
-        axes = {**base, **_normalise(exp, where)}
+        axes = {**base, **_normalise(exp, where, folder)}
         if "methods" not in axes:
             raise GridError(f'{where}: no methods (methods = ["uniform", ...])')
         keys = list(AXES)
@@ -247,7 +254,7 @@ def load_grid(path: str | Path) -> Plan:
         raise GridError(f"cannot read grid file {p}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"grid file {p} is not valid TOML: {exc}") from None
-    return expand(grid, p.name)
+    return expand(grid, p.name, p.parent)
 
 
 def done_hashes(results_dir: str | Path) -> set[str]:

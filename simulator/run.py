@@ -59,13 +59,16 @@ _ADDED = {"budget_unit": "rollouts", "compute_unit": "", "compute_budget": 0.0, 
 
 def resolve(cfg: SimConfig) -> dict:
     spec = cfg.spec()
+    scenario = _scenario(cfg)
     out = {
         "mode": "simulate",
         **{k: v for k, v in asdict(cfg).items() if k not in _ADDED or v != _ADDED[k]},
+        # a scenario file is known by its scenario's name and content, not by its path
+        "scenario": scenario.name,
         "method": spec.label,
         "method_name": spec.name,
         "method_config": asdict(spec.build().config),
-        "scenario_config": _scenario(cfg).resolved(),
+        "scenario_config": scenario.resolved(),
     }
     if cfg.cost_model:
         out["cost_model"] = cfg.cost().to_dict()
@@ -90,7 +93,7 @@ def identity(cfg: SimConfig) -> dict:
     spec = cfg.spec()
     return loop.identity(
         "simulate",
-        cfg.scenario,
+        get_scenario(cfg.scenario).name,
         "simulator",
         spec.label,
         spec.name,
@@ -150,4 +153,5 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
         evals,
         allocation,
         loop.round_table(prog),
+        loop.rollout_log(prog),
     )

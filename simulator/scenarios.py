@@ -38,6 +38,10 @@ from typing import Literal
 
 import numpy as np
 
+# Fields added after the built-in presets were first run, with their defaults: a scenario
+# resolves (and hashes) them only when it sets them, so earlier runs keep their config hashes.
+_ADDED: dict[str, object] = {"pool": "", "pool_digest": "", "pool_mode": "mixture"}
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -73,6 +77,12 @@ class Scenario:
     domains: tuple[tuple[str, float, float, tuple[tuple[float, float, float], ...]], ...] = ()
     domain_strength: float = 0.0
     validation_sets: tuple[str, ...] = ()  # domain names whose test prompts are validation sets
+    # a pass-rate file (simulator/pools.py) that replaces the initial pass rates: "mixture"
+    # (its fitted Beta mixture, set when the scenario file is loaded) or "prompts" (each of its
+    # prompts, its initial rate drawn from its own posterior when the world is built)
+    pool: str = ""
+    pool_digest: str = ""  # sha256 prefix of the pool file's content (set on loading)
+    pool_mode: Literal["mixture", "prompts"] = "mixture"
 
     def resolved(self) -> dict:
         d = asdict(self)
@@ -82,6 +92,9 @@ class Scenario:
             d["validation_sets"] = list(self.validation_sets)
         else:  # scenarios without domains resolve (and hash) as before domains existed
             for key in ("domains", "domain_strength", "validation_sets"):
+                del d[key]
+        for key, default in _ADDED.items():  # fields added later resolve only when set
+            if d.get(key) == default:
                 del d[key]
         return d
 
@@ -298,6 +311,12 @@ _register(
 
 
 def get_scenario(name: str) -> Scenario:
+    """A built-in scenario by name, or the scenario of a ``.toml`` file
+    (``simulator/scenario_files.py``; ``ScenarioError`` when it cannot be used)."""
+    if name.endswith(".toml"):
+        from simulator.scenario_files import load_scenario_file
+
+        return load_scenario_file(name)
     if name not in SCENARIOS:
         raise KeyError(name)
     return SCENARIOS[name]

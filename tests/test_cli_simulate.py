@@ -66,6 +66,7 @@ def test_runs_rank_and_append(tmp_path):
             "evals.csv",
             "allocation.csv",
             "rounds.csv",
+            "rollouts.parquet",
         }
     # a second invocation appends, and the same seed gives the same numbers
     r = run([*TINY, "--seeds", "1", "--methods", "uniform"], tmp_path)
@@ -105,7 +106,7 @@ def test_process_pool_gives_the_same_rows(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--scenario", "nope"], "unknown scenario 'nope' (scenarios: dapo-math"),
+        (["--scenario", "nope"], "unknown scenario 'nope' (built-in: dapo-math"),
         (["--methods", "nope"], "unknown method 'nope' (methods:"),
         (["--methods", "uniform:nope=1"], "has no option 'nope'"),
         (["--methods", "uniform:eps=abc"], "expects float"),

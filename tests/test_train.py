@@ -371,8 +371,12 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
         "evals.csv",
         "allocation.csv",
         "rounds.csv",
+        "rollouts.parquet",
     }
     rounds = pd.read_csv(folder / "rounds.csv")
+    visits = pd.read_parquet(folder / "rollouts.parquet")
+    assert visits[["step", "round", "rollouts"]].values.tolist() == [[1, 0, 2], [1, 0, 2]]
+    assert visits["tokens"].sum() == rounds["tokens"].sum()
     assert len(rounds) == 1 and rounds["sequences"].tolist() == [4]
     assert rounds["prompt_tokens"].iloc[0] > 0 and rounds["seconds"].iloc[0] > 0
     r = CliRunner().invoke(
@@ -412,6 +416,9 @@ def test_cli_writes_a_leaderboard_row_and_run_folder(tmp_path):
         assert list(pd.read_csv(sim_folder / name).columns) == list(
             pd.read_csv(folder / name).columns
         ), name
+    sim_visits = pd.read_parquet(sim_folder / "rollouts.parquet")
+    assert list(sim_visits.columns) == list(visits.columns)
+    assert (sim_visits.dtypes == visits.dtypes).all()
     common = {
         "mode",
         "method",

@@ -40,6 +40,7 @@ from allocators.loop import (
     RunOutput,
     Schedule,
     check_units,
+    rollout_log,
     round_table,
     run,
     summarize,
@@ -421,6 +422,7 @@ def run_training(
         evals,
         allocation,
         round_table(prog),
+        rollout_log(prog),
     )
 
 
