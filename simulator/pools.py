@@ -121,7 +121,13 @@ def _read_table(path: Path, kind: str) -> tuple[pd.DataFrame, np.ndarray, str]:
 
 
 def _is_empty(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == ""
+    """None, NaN, pd.NA or blank text."""
+    if isinstance(v, str):
+        return v.strip() == ""
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # a list or other container: not empty, not a number
+        return False
 
 
 def _numbers(df: pd.DataFrame, col: str, where) -> np.ndarray:
@@ -129,7 +135,7 @@ def _numbers(df: pd.DataFrame, col: str, where) -> np.ndarray:
     vals = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
     vals = vals.map(lambda v: None if isinstance(v, bool) else v)
     num = pd.to_numeric(vals, errors="coerce").to_numpy(float)
-    bad = np.flatnonzero(~np.isfinite(num) & ~np.isinf(num))  # NaN: empty or not a number
+    bad = np.flatnonzero(np.isnan(num))  # empty or not a number
     if bad.size:
         i = int(bad[0])
         what = "is empty" if _is_empty(raw.iloc[i]) else f"{raw.iloc[i]!r} is not a number"
@@ -495,6 +501,8 @@ def fit_beta_mixture(
     n_all = np.asarray(trials, np.int64)
     if s_all.size == 0:
         raise ValueError("no prompts to fit")
+    if max_components < 1:
+        raise ValueError(f"max_components must be at least 1, not {max_components}")
     if np.any(n_all <= 0) or np.any(s_all < 0) or np.any(s_all > n_all):
         raise ValueError("counts must satisfy 0 <= successes <= trials, trials > 0")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -768,6 +776,8 @@ def build_pool(
             shares[name] = float(sel.mean())
     length = None
     if pr.mean_tokens is not None:
+        if len(pr) < 3:
+            raise PoolError(f"{path}: the length fit needs at least 3 prompts with mean_tokens")
         priors = [f.components for f in domain_fits.values()] or [fit.components]
         length = fit_lengths(
             pr.mean_tokens,

@@ -297,6 +297,10 @@ def test_bad_parquet_names_the_row(tmp_path):
     pd.DataFrame({"prompt_id": [7, 7], "successes": [1, 2], "trials": [8, 8]}).to_parquet(p)
     with pytest.raises(PoolError, match="rows 1 and 2 have the same prompt_id '7'"):
         read_pass_rates(p)
+    nullable = pd.array([1, None], dtype="Int64")
+    pd.DataFrame({"prompt_id": [1, 2], "successes": nullable, "trials": [8, 8]}).to_parquet(p)
+    with pytest.raises(PoolError, match="row 2: successes is empty"):
+        read_pass_rates(p)
     pd.DataFrame({"prompt_id": [1], "trials": [8]}).to_parquet(p)
     with pytest.raises(PoolError, match="missing column successes"):
         read_pass_rates(p)
@@ -413,3 +417,8 @@ def test_build_pool_without_optional_columns(tmp_path):
     assert pool.length is None and pool.domains == ()
     assert set(pool.scenario_fields()) == {"num_prompts", "pass_rate_mixture"}
     assert "keeps the scenario's fields" in pool.describe()
+    tiny = _write(
+        tmp_path, "t.csv", "prompt_id,successes,trials,mean_tokens\na,1,8,900\nb,2,8,800\n"
+    )
+    with pytest.raises(PoolError, match="the length fit needs at least 3 prompts"):
+        build_pool(tiny)
