@@ -116,7 +116,8 @@ def _load(path: str, mtime_ns: int, size: int) -> Scenario:
         )
     values.setdefault("summary", f"scenario file {Path(path).name}")
     values.setdefault(
-        "calibration", f"from {path}" + (f", based on {base_name}" if base_name else "")
+        "calibration",
+        f"from {Path(path).name}" + (f", based on {base_name}" if base_name else ""),
     )
     if values.get("pool"):
         values = _with_pool(values, Path(path).parent, where)
@@ -144,6 +145,11 @@ def check_scenario(s: Scenario, where: str) -> None:
         )
     if s.pool_mode not in POOL_MODES:
         raise ScenarioError(f"{where}: pool_mode must be one of {', '.join(POOL_MODES)}")
+    if s.pool and s.pool_mode == "prompts" and s.domains:
+        raise ScenarioError(
+            f'{where}: pool_mode = "prompts" keeps the prompts of a pool without domains; '
+            'use pool_mode = "mixture" for a pool with a domain column'
+        )
     names = [d[0] for d in s.domains]
     if len(set(names)) != len(names):
         raise ScenarioError(f"{where}: domain names must be distinct")
@@ -274,3 +280,32 @@ def origin(s: Scenario, ref: str) -> str:
     if not is_scenario_file(ref):
         return "built-in (simulator/scenarios.py)"
     return f"file {ref}" + (f" (pool {Path(s.pool).name}, {s.pool_mode})" if s.pool else "")
+
+
+def dump_scenario(s: Scenario, base: str | None = None) -> str:
+    """The TOML text of ``s``: ``base = ...`` and the fields that differ from that preset (every
+    field without a base). ``load_scenario_file`` of the text gives ``s`` back."""
+    ref = SCENARIOS[base] if base else Scenario(name=s.name, summary="", calibration="")
+    lines = [f"base = {_toml(base)}"] if base else []
+    for f in fields(Scenario):
+        value = getattr(s, f.name)
+        if f.name in ("name", "summary", "calibration") or value != getattr(ref, f.name):
+            if f.name == "pool_digest":
+                continue  # set again from the file on loading
+            lines.append(f"{f.name} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    """A TOML value of a scalar or (nested) tuple of scalars."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")  # pragma: no cover

@@ -193,11 +193,23 @@ def _build_domain_world(s: Scenario, seed: int) -> World:
     return World(X, b, log_len, X_test, b_test, p0, validation, dom, dom_test, names)
 
 
-def build_world(s: Scenario, seed: int) -> World:
+def build_world(s: Scenario, seed: int, initial_rates: np.ndarray | None = None) -> World:
+    """The world of scenario ``s`` under ``seed``. ``initial_rates`` (one per training prompt)
+    replaces the drawn initial pass rates, every other draw staying the same; a scenario whose
+    pool keeps its prompts (``pool_mode = "prompts"``) draws them from each prompt's posterior
+    (``simulator/pools.py``). Domain scenarios take neither."""
+    if initial_rates is None and s.pool and s.pool_mode == "prompts":
+        initial_rates = _pool_rates(s, seed)
     if s.domains:
+        if initial_rates is not None:
+            raise ValueError(f"scenario {s.name}: a domain scenario draws its own initial rates")
         return _build_domain_world(s, seed)
     rng = np.random.default_rng([seed, 0x5EED])
     p0 = _initial_pass_rates(rng, s.num_prompts, s.pass_rate_mixture)
+    if initial_rates is not None:
+        if np.shape(initial_rates) != (s.num_prompts,):
+            raise ValueError(f"scenario {s.name}: {s.num_prompts} initial rates expected")
+        p0 = np.clip(np.asarray(initial_rates, np.float64), 1e-4, 1 - 1e-4)
     X = _features(rng, s.num_prompts, s.dim, s.transfer)
     b = -np.log(p0 / (1 - p0))
     # per-prompt median length: log-normal spread, harder prompts longer
@@ -221,6 +233,20 @@ def build_world(s: Scenario, seed: int) -> World:
         np.zeros(s.num_test, np.int64),
         ("all",),
     )
+
+
+def _pool_rates(s: Scenario, seed: int) -> np.ndarray:
+    """Initial rates of a "prompts" pool: each prompt's draw from its posterior under the
+    scenario's (fitted) mixture."""
+    from simulator import pools
+
+    rates = pools.read_pass_rates(s.pool)
+    if len(rates) != s.num_prompts:
+        raise ValueError(
+            f"scenario {s.name}: num_prompts {s.num_prompts} but its pool has {len(rates)}"
+        )
+    rng = np.random.default_rng([seed, 0x5EED, 4])
+    return pools.posterior_rates(rates.successes, rates.trials, s.pass_rate_mixture, rng)
 
 
 SCENARIOS: dict[str, Scenario] = {}
