@@ -129,3 +129,35 @@ def solver_scaling(table: pd.DataFrame, title: str, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def calibration_curves(curves: dict, title: str, path: Path) -> Path:
+    """Observed against simulated curves of a calibration (``simulator/calibrate.py``): train
+    reward and effective-prompt ratio per step (the simulated mean ± one replicate standard
+    deviation) and, where the log has them, the change in test accuracy since step 0."""
+    panels = [("reward", "train reward"), ("effective", "effective-prompt ratio")]
+    has_test = "eval_step" in curves
+    fig, axes = plt.subplots(1, 2 + has_test, figsize=(5.2 * (2 + has_test), 3.8))
+    step = curves["step"]
+    for ax, (key, label) in zip(axes, panels):
+        ax.plot(step, curves[f"{key}_observed"], "o", ms=3.5, color="black", label="observed")
+        mean, sd = curves[f"{key}_simulated"], curves[f"{key}_sim_sd"]
+        ax.plot(step, mean, color="tab:blue", label="simulated (fitted)")
+        ax.fill_between(step, mean - sd, mean + sd, color="tab:blue", alpha=0.2, lw=0)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if has_test:
+        ax = axes[2]
+        ax.plot(curves["eval_step"], curves["test_observed"], "o-", color="black", label="observed")
+        ax.plot(curves["eval_step"], curves["test_simulated"], color="tab:blue", label="simulated")
+        ax.set_xlabel("step")
+        ax.set_ylabel("test accuracy − step 0")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
