@@ -262,6 +262,14 @@ def train_one(
     help="Generation backend (vllm: the GPU path, extra 'gpu').",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["native", "trl"]),
+    default="native",
+    show_default=True,
+    help="What runs the updates: the project's trainer, or TRL's GRPOTrainer with the same "
+    "allocator, settings and rows (extra 'trl'; docs/integrations.md).",
+)
+@click.option(
     "--gen-dtype",
     type=click.Choice(["auto", "bf16", "fp32"]),
     default="auto",
@@ -339,6 +347,7 @@ def train(
     eval_every,
     target_accuracy,
     backend,
+    engine,
     gen_dtype,
     train_dtype,
     max_new_tokens,
@@ -428,6 +437,7 @@ def train(
             eval_every=eval_every,
             target_accuracy=target_accuracy,
             backend=backend,
+            engine=engine,
             gen_dtype=gen_dtype,
             train_dtype=train_dtype,
             max_new_tokens=max_new_tokens,

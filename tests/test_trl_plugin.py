@@ -343,3 +343,147 @@ def test_the_documented_example_trains(tmp_path, tokenizer, monkeypatch, method)
     trainer = ns["trainer"]
     assert trainer.state.global_step == 2 and trainer.observed == 2
     assert trainer.allocator.name == method
+
+
+# --------------------------------------------------------------------------------------------
+# bench train --engine trl: TRL runs the updates, the rows are bench train's
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+ENGINE_RUN = [
+    "--steps",
+    "2",
+    "--budget",
+    "6",
+    "--prompts-per-step",
+    "3",
+    "--train-prompts",
+    "6",
+    "--test-prompts",
+    "2",
+    "--max-new-tokens",
+    "4",
+    "--eval-every",
+    "1",
+    "--lr",
+    "1e-3",
+]
+
+
+def _train(args, tmp_path, name):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    return CliRunner().invoke(
+        main,
+        [
+            "train",
+            *args,
+            "--out",
+            str(tmp_path / name / "results"),
+            "--runs-dir",
+            str(tmp_path / name / "runs"),
+        ],
+    )
+
+
+def test_engine_trl_writes_the_native_rows(tmp_path, tiny_folder):
+    import json
+
+    import pandas as pd
+
+    base = [*ENGINE_RUN, "--model", str(tiny_folder), "--methods", "knapsack"]
+    native = _train(base, tmp_path, "native")
+    trl_run = _train([*base, "--engine", "trl"], tmp_path, "trl")
+    assert native.exit_code == 0, native.output
+    assert trl_run.exit_code == 0, trl_run.output
+    assert "{'loss'" not in trl_run.output  # TRL's own log lines stay quiet
+    a = pd.read_csv(tmp_path / "native" / "results" / "train_leaderboard.csv")
+    b = pd.read_csv(tmp_path / "trl" / "results" / "train_leaderboard.csv")
+    assert list(a.columns) == list(b.columns) and len(b) == 1
+    for col in ("mode", "scenario", "model", "method", "seed", "budget", "steps"):
+        assert a[col].iloc[0] == b[col].iloc[0], col
+    assert b["steps_done"].iloc[0] == 2 and b["rollouts"].iloc[0] == 12
+    assert a["config_hash"].iloc[0] != b["config_hash"].iloc[0]
+    fa = tmp_path / "native" / "runs" / a["run_id"].iloc[0]
+    fb = tmp_path / "trl" / "runs" / b["run_id"].iloc[0]
+    for name in ("steps.csv", "evals.csv", "allocation.csv", "rounds.csv"):
+        ta, tb = pd.read_csv(fa / name), pd.read_csv(fb / name)
+        assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb), name
+    steps = pd.read_csv(fb / "steps.csv")
+    assert np.isfinite(steps["grad_norm"]).all() and (steps["gen_seconds"] > 0).all()
+    config = json.loads((fb / "config.json").read_text())
+    assert config["engine"] == "trl" and "engine" not in json.loads(
+        (fa / "config.json").read_text()
+    )
+
+
+def test_engine_trl_resume_reproduces(tmp_path, tiny_folder, monkeypatch):
+    import pandas as pd
+
+    from trainers.grpo import GRPOConfig as G
+    from trainers.run import Interrupted, TrainConfig, run_training
+
+    cfg = TrainConfig(
+        model=str(tiny_folder),
+        engine="trl",
+        method="knapsack",
+        steps=3,
+        budget=6,
+        prompts_per_step=3,
+        train_prompts=6,
+        test_prompts=2,
+        max_new_tokens=4,
+        eval_every=3,
+        grpo=G(lr=1e-3),
+    )
+    from trainers import trl_plugin
+
+    drawn = []
+    real = trl_plugin.TRLSource.sample
+
+    def recording(self, prompt_ids, counts):
+        out = real(self, prompt_ids, counts)
+        drawn.append((prompt_ids.tolist(), counts.tolist(), out.tokens))
+        return out
+
+    monkeypatch.setattr(trl_plugin.TRLSource, "sample", recording)
+    full = run_training(cfg, tmp_path / "full")
+    full_draws, drawn[:] = list(drawn), []
+    calls = []
+    with pytest.raises(Interrupted):
+        run_training(cfg, tmp_path / "cut", should_stop=lambda: calls.append(1) or len(calls) == 1)
+    drawn[:] = []
+    resumed = run_training(cfg, tmp_path / "cut", resume=True)
+    assert len(full_draws) == 3 and drawn == full_draws[1:]  # steps 2 and 3, exactly
+    cols = ["rollouts", "tokens", "train_reward", "cum_tokens", "grad_norm"]
+    pd.testing.assert_frame_equal(full.steps[cols], resumed.steps[cols])
+    assert full.summary["final_test_accuracy"] == resumed.summary["final_test_accuracy"]
+
+
+def test_engine_trl_refusals_are_one_line(tmp_path, tiny_folder, monkeypatch):
+    for extra, words in (
+        (["--mini-batches", "2"], "one optimiser step per training step"),
+        (["--methods", "cropi"], "cropi needs gradients"),
+    ):
+        r = _train(
+            [*ENGINE_RUN, "--model", str(tiny_folder), "--engine", "trl", *extra], tmp_path, "x"
+        )
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error:"), r.output
+        assert words in lines[0], lines[0]
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a)
+    )
+    r = _train([*ENGINE_RUN, "--engine", "trl"], tmp_path, "y")
+    assert r.exit_code == 2 and "pip install 'rollout-bench[trl]'" in r.output, r.output

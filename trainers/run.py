@@ -71,6 +71,7 @@ class TrainConfig:
     eval_every: int = 10
     target_accuracy: float = 0.3
     backend: str = "transformers"
+    engine: str = "native"  # native | trl (TRL's trainer runs the updates: trainers/trl_engine.py)
     gen_dtype: str = "auto"  # auto | bf16 | fp32 (transformers backend)
     train_dtype: str = "auto"  # auto | bf16 (autocast, fp32 weights) | fp32
     gen_batch_size: int = 128
@@ -104,7 +105,10 @@ class TrainConfig:
         return parse_spec(self.method)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["engine"] == "native":  # native runs keep the config hashes they had before engines
+            del d["engine"]
+        return d
 
     @staticmethod
     def from_dict(d: dict) -> TrainConfig:
@@ -143,6 +147,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
 
     spec = cfg.spec()
     check_backend(cfg.backend)
+    from trainers.trl_engine import check_engine
+
+    check_engine(cfg)
     validate(
         spec.build(),
         spec.label,
@@ -343,6 +350,10 @@ def run_training(
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoint"
     check_config(cfg)
+    if cfg.engine == "trl":
+        from trainers.trl_engine import run_trl
+
+        return run_trl(cfg, run_dir, progress, should_stop, resume)
     task = build_task(cfg)
     if cfg.prompts_per_step > len(task.train_prompts):
         raise SettingsError(
