@@ -77,6 +77,9 @@ class Scenario:
     domains: tuple[tuple[str, float, float, tuple[tuple[float, float, float], ...]], ...] = ()
     domain_strength: float = 0.0
     validation_sets: tuple[str, ...] = ()  # domain names whose test prompts are validation sets
+    # the chain model (docs/simulator.md#the-chain-model): the steps every prompt needs, each
+    # with its own logit, p_i = Π_j σ(z_ij); 1 is the one-step (logistic) model
+    steps_per_prompt: int = 1
     # a pass-rate file (simulator/pools.py) that replaces the initial pass rates: "mixture"
     # (its fitted Beta mixture, set when the scenario file is loaded) or "prompts" (each of its
     # prompts, its initial rate drawn from its own posterior when the world is built)
@@ -96,10 +99,28 @@ class Scenario:
         for key, default in _ADDED.items():  # fields added later resolve only when set
             if d.get(key) == default:
                 del d[key]
+        self._resolve_chain(d)
         return d
+
+    def _resolve_chain(self, d: dict) -> None:
+        """The chain field resolves (and hashes) only when it is not 1, so one-step scenarios keep
+        their config hashes; out of range is a one-line ``ValueError``."""
+        check_steps_per_prompt(self.steps_per_prompt)
+        if self.steps_per_prompt == 1:
+            del d["steps_per_prompt"]
 
     def with_frozen(self) -> Scenario:
         return replace(self, frozen=True, lr=0.0, memorization_lr=0.0)
+
+
+STEPS_PER_PROMPT = (1, 32)  # the range of ``Scenario.steps_per_prompt``
+
+
+def check_steps_per_prompt(k) -> None:
+    """``ValueError`` (one line) unless ``k`` is an integer in ``STEPS_PER_PROMPT``."""
+    lo, hi = STEPS_PER_PROMPT
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not lo <= k <= hi:
+        raise ValueError(f"steps_per_prompt must be an integer from {lo} to {hi}, not {k!r}")
 
 
 @dataclass
@@ -118,6 +139,15 @@ class World:
     domain: np.ndarray | None = field(default=None, repr=False)
     domain_test: np.ndarray | None = field(default=None, repr=False)
     domain_names: tuple[str, ...] = ()
+    # the chain model (steps_per_prompt > 1; None in a one-step world): prompt i's steps are rows
+    # step_start[i] .. step_start[i + 1] − 1 of Xs (features) and bs (difficulties); likewise
+    # for the test set (docs/simulator.md#the-chain-model)
+    step_start: np.ndarray | None = field(default=None, repr=False)
+    Xs: np.ndarray | None = field(default=None, repr=False)
+    bs: np.ndarray | None = field(default=None, repr=False)
+    step_start_test: np.ndarray | None = field(default=None, repr=False)
+    Xs_test: np.ndarray | None = field(default=None, repr=False)
+    bs_test: np.ndarray | None = field(default=None, repr=False)
 
 
 def _initial_pass_rates(rng: np.random.Generator, n: int, mixture) -> np.ndarray:
@@ -190,7 +220,53 @@ def _build_domain_world(s: Scenario, seed: int) -> World:
     validation = {v: np.flatnonzero(dom_test == names.index(v)) for v in s.validation_sets} or {
         "test": np.arange(s.num_test)
     }
-    return World(X, b, log_len, X_test, b_test, p0, validation, dom, dom_test, names)
+    world = World(X, b, log_len, X_test, b_test, p0, validation, dom, dom_test, names)
+    return _with_chain(world, s, [seed, 0x5EED, 3], p0, p0_test, dirs)
+
+
+def _chain_steps(rng, k, p0, X, dom, dirs, rho, delta):
+    """The chain block of one prompt set: ``k`` steps per prompt in the ragged layout.
+
+    Difficulties: flat Dirichlet weights w_i ~ Dir(1, .., 1) split −log p0_i over the steps,
+    σ(−b_ij) = p0_i^(w_ij), so that Π_j σ(−b_ij) = p0_i: the initial rate is exactly the
+    one-step world's. Features: step 0 is the one-step world's x_i; steps 1..k−1 are drawn by the
+    same recipe (with the prompt's domain direction), in blocks of rows so that the temporary
+    normal arrays stay small."""
+    n, d = X.shape
+    w = np.maximum(rng.standard_exponential((n, k)), np.finfo(float).tiny)
+    w /= w.sum(axis=1, keepdims=True)
+    lw = w * np.log(p0)[:, None]  # log σ(−b_ij) = w_ij·log p0_i < 0
+    bs = np.ascontiguousarray((np.log(-np.expm1(lw)) - lw).ravel())  # −logit(e^lw)
+    Xs = np.empty((n, k, d))
+    Xs[:, 0] = X
+    rest = math.sqrt(max(0.0, 1.0 - rho * rho - delta * delta))
+    block = max(1, (1 << 22) // ((k - 1) * d))
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        g = np.abs(rng.standard_normal((hi - lo, k - 1, d)))
+        h = rng.standard_normal((hi - lo, k - 1, d))
+        shared = delta * dirs[dom[lo:hi]][:, None, :]
+        Xs[lo:hi, 1:] = (rho * g + shared + rest * h) / math.sqrt(d)
+    return np.arange(0, n * k + 1, k, dtype=np.int64), Xs.reshape(n * k, d), bs
+
+
+def _with_chain(w: World, s: Scenario, key: list[int], p0, p0_test, dirs) -> World:
+    """The world of the chain model (``steps_per_prompt`` > 1): the one-step world's arrays
+    unchanged plus the steps of its train and test prompts, drawn from their own generator
+    ``key`` so that every other array is the same draw as at one step."""
+    check_steps_per_prompt(s.steps_per_prompt)
+    k = s.steps_per_prompt
+    if k == 1:
+        return w
+    rng = np.random.default_rng(key)
+    delta = s.domain_strength if s.domains else 0.0
+    dirs = np.zeros((1, s.dim)) if dirs is None else dirs
+    args = (s.transfer, delta)
+    w.step_start, w.Xs, w.bs = _chain_steps(rng, k, p0, w.X, w.domain, dirs, *args)
+    w.step_start_test, w.Xs_test, w.bs_test = _chain_steps(
+        rng, k, p0_test, w.X_test, w.domain_test, dirs, *args
+    )
+    return w
 
 
 def build_world(s: Scenario, seed: int, initial_rates: np.ndarray | None = None) -> World:
@@ -221,7 +297,7 @@ def build_world(s: Scenario, seed: int, initial_rates: np.ndarray | None = None)
     p0_test = _initial_pass_rates(rng, s.num_test, s.pass_rate_mixture)
     X_test = _features(rng, s.num_test, s.dim, s.transfer)
     b_test = -np.log(p0_test / (1 - p0_test))
-    return World(
+    world = World(
         np.ascontiguousarray(X),
         b,
         log_len,
@@ -233,6 +309,7 @@ def build_world(s: Scenario, seed: int, initial_rates: np.ndarray | None = None)
         np.zeros(s.num_test, np.int64),
         ("all",),
     )
+    return _with_chain(world, s, [seed, 0x5EED, 2], p0, p0_test, None)
 
 
 def _pool_rates(s: Scenario, seed: int) -> np.ndarray:
