@@ -9,7 +9,9 @@ Input: the rollout log of a run that samples once per step (uniform GRPO: ``roll
   prompt's initial rate is drawn from its own posterior, so the simulated prompts are the real
   ones, not draws like them. (A first visit after step 1 comes after some learning; on a short
   run most first visits are early.) Lengths: the first visits' mean tokens (``fit_lengths``).
-- **The learning dynamics**: ``lr``, ``memorization_lr`` and ``transfer`` of the scenario (and
+- **The learning dynamics**: ``shared_lr`` (= lr·transfer², the rate at which one prompt's
+  update moves the others, which test accuracy pins down), ``memorization_lr`` and
+  ``transfer`` of the scenario, ``lr`` following from the first and the last (and
   the chain model's ``steps_per_prompt``, chosen among ``STEP_CHOICES`` by the fitted loss), by
   *replaying* the log: the simulator runs the same steps with the same prompts and the same
   rollouts per prompt (GRPO advantages, every sample trained) and the observed curves are
@@ -29,7 +31,9 @@ deterministic function of θ), and v the observed curves' binomial sampling vari
 (``scipy.optimize.minimize``) from its best point. Uncertainty: refits on bootstrap resamples
 of the prompts (each prompt's visits weighted by how often it was drawn), started at the fit.
 A parameter whose profile loss stays within 3.84 of the minimum across its whole range is
-reported as not identified by the log.
+reported as not identified by the log ("upper/lower bound only" where it rises on one side);
+one whose refits spread over more than half its range, or whose 95% refit interval leaves out
+the fit itself, as identified only weakly.
 """
 
 from __future__ import annotations
@@ -494,6 +498,17 @@ def calibrate(
         sims += fb.simulations
         for name, v in fb.natural(xb).items():
             boots[name].append(v)
+    fitted = f.natural(x)
+    lo, hi = _box()
+    for j, name in enumerate(PARAMS):  # the bootstrap can overrule a sharp profile
+        b = np.asarray(boots[name])
+        if identified[name] != "yes" or b.size < 2:
+            continue
+        coord = np.log10(b) if name in LOG_PARAMS else b
+        lo_b, hi_b = np.percentile(coord, [2.5, 97.5])
+        own = math.log10(fitted[name]) if name in LOG_PARAMS else fitted[name]
+        if hi_b - lo_b > 0.5 * (hi[j] - lo[j]) or not lo_b <= own <= hi_b:
+            identified[name] = "weakly (the refits disagree with the fit)"
     params = f.params(x)
     rates, acc = f.simulate(x)
     ones = np.ones(P)
