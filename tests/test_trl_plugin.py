@@ -487,3 +487,40 @@ def test_engine_trl_refusals_are_one_line(tmp_path, tiny_folder, monkeypatch):
     )
     r = _train([*ENGINE_RUN, "--engine", "trl"], tmp_path, "y")
     assert r.exit_code == 2 and "pip install 'rollout-bench[trl]'" in r.output, r.output
+
+
+def test_gpu_check_cpu_path(tmp_path):
+    """scripts/gpu_check.sh's CPU path: both engines on SmolLM2-135M's architecture (one layer
+    here), random weights, offline; it records where each part ran."""
+    import json
+    import subprocess
+
+    out = tmp_path / "check.json"
+    r = subprocess.run(
+        [
+            str(ROOT / "scripts" / "gpu_check.sh"),
+            "--cpu",
+            "--layers",
+            "1",
+            "--steps",
+            "2",
+            "--budget",
+            "4",
+            "--prompts-per-step",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok: policy, update and generation ran on cpu for native, trl" in r.stdout
+    rows = json.loads(out.read_text())
+    assert [x["engine"] for x in rows] == ["native", "trl"]
+    for x in rows:
+        assert x["steps"] == 2 and x["rollouts"] == 8 and x["gen_tokens_per_second"] > 0
+        assert x["devices"] == {"update": ["cpu"], "generation": ["cpu"], "policy": ["cpu"]}
