@@ -214,15 +214,17 @@ def calibrate_cmd(
     )
     console.print(table)
     for p, v in summary.items():
-        if v["identified"] not in ("yes", "as shared_lr / transfer²"):
+        how = v["identified"]
+        if how == "no":
             console.print(
-                f"[yellow]{p}: the log does not identify it"
-                + (
-                    " (the loss is flat over its whole range)"
-                    if v["identified"] == "no"
-                    else f" ({v['identified']})"
-                )
-                + "; the fitted value is one of many that fit as well[/]"
+                f"[yellow]{p}: the log does not identify it (the loss is flat over its whole "
+                "range): the fitted value is one of many that fit as well[/]"
+            )
+        elif how.endswith("bound only"):
+            console.print(f"[yellow]{p}: the log bounds it on one side only ({how})[/]")
+        elif how.startswith("weakly"):
+            console.print(
+                f"[yellow]{p}: identified only weakly: the refits disagree with the fit[/]"
             )
     q = fit["fit_quality"]
     console.print(
