@@ -35,7 +35,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from allocators.base import Allocator, PromptStream, Samples, SettingsError, Step, StepResult
+from allocators.base import (
+    Allocator,
+    PromptStream,
+    Samples,
+    SettingsError,
+    Step,
+    StepResult,
+    validate,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,6 +200,7 @@ def _trainer_class():
                 raise SettingsError("the allocator recipe needs actor.loss_agg_mode=token-mean")
             self.allocator = allocator
             self.budget, self.prompts_per_step = int(budget), int(prompts_per_step)
+            validate(allocator, allocator.name, self.budget, self.prompts_per_step, frozenset())
             self.mini_batches = int(mini_batches)
             n = len(self.train_dataset)
             self.stream = PromptStream(n, np.random.default_rng([seed, 2]))
