@@ -153,6 +153,8 @@ def calibrate_cmd(
             step_choices=(1, 3) if chain else (1,),
             seed=seed,
             progress=lambda text: status.update(f"calibrating: {text}"),
+            max_tokens=config.get("max_new_tokens")
+            or config.get("scenario_config", {}).get("max_tokens"),
         )
     scenario = result.scenario
     summary = result.summary()

@@ -432,8 +432,10 @@ def calibrate(
     step_choices: tuple[int, ...] = STEP_CHOICES,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
+    max_tokens: int | None = None,
 ) -> Calibration:
-    """Fit the pool and the learning dynamics to ``obs`` (see the module docstring)."""
+    """Fit the pool and the learning dynamics to ``obs`` (see the module docstring);
+    ``max_tokens`` is the run's response-length cap where known."""
     t0 = time.perf_counter()
     base_s = get_scenario(base) if isinstance(base, str) else base
     progress("fitting the pool")
@@ -447,6 +449,8 @@ def calibrate(
         lengths = dict(length_fit.scenario_fields())
     except (pools.PoolError, ValueError):
         pass  # too few prompts or no spread: the base scenario's length model stays
+    if max_tokens:
+        lengths["max_tokens"] = int(max_tokens)
     st = Setting(base_s, tuple(mix.components), lengths, replicates, seed)
     fits = {}
     for k in step_choices:
