@@ -130,10 +130,18 @@ def calibrate_cmd(
         )
         pool = int(config.get("train_prompts", sim.get("num_prompts", 0)) or 0)
         obs = C.observe(frame, evals, n_test, pool)
-        label = name or f"calibrated-{(path if path.is_dir() else path.parent).name}"[:64]
+        stem = path.name if path.is_dir() else path.name.split(".")[0]
+        if stem == "rollouts" and not path.is_dir():
+            stem = path.resolve().parent.name  # a run folder's log: the run's id
+        label = name or f"calibrated-{stem}"[:64]
         check_writable(Path(out_dir), "output folder")
     except (LogError, ScenarioError, ResultsError, ValueError) as exc:
         raise usage_error(str(exc)) from None
+    if evals is not None and len(evals) and not obs.has_test:
+        console.print(
+            "[yellow]test accuracy is not fitted: give --test-prompts (the test set's size) "
+            "and evaluations that start at step 0[/]"
+        )
     method = config.get("method_name", "")
     if method and method != "uniform":
         console.print(
