@@ -414,8 +414,10 @@ def test_engine_trl_writes_the_native_rows(tmp_path, tiny_folder):
     assert a["config_hash"].iloc[0] != b["config_hash"].iloc[0]
     fa = tmp_path / "native" / "runs" / a["run_id"].iloc[0]
     fb = tmp_path / "trl" / "runs" / b["run_id"].iloc[0]
-    for name in ("steps.csv", "evals.csv", "allocation.csv", "rounds.csv"):
-        ta, tb = pd.read_csv(fa / name), pd.read_csv(fb / name)
+    assert {p.name for p in fa.iterdir()} == {p.name for p in fb.iterdir()}
+    for name in ("steps.csv", "evals.csv", "allocation.csv", "rounds.csv", "rollouts.parquet"):
+        read = pd.read_parquet if name.endswith(".parquet") else pd.read_csv
+        ta, tb = read(fa / name), read(fb / name)
         assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb), name
     steps = pd.read_csv(fb / "steps.csv")
     assert np.isfinite(steps["grad_norm"]).all() and (steps["gen_seconds"] > 0).all()

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import queue
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from allocators.base import SettingsError, StepResult
 from allocators.loop import (
     Progress,
     RunOutput,
+    rollout_log,
     round_table,
     run,
     summarize,
@@ -277,6 +279,8 @@ def run_trl(
     )
     done = int(state["progress"]["done"]) if state is not None else 0
     EngineTrainer, Relay, KeepGenerator = _trainer_class()
+    # TRL's output folder: nothing is saved there (bench train checkpoints), kept out of the run
+    scratch = tempfile.TemporaryDirectory(prefix="rollout-bench-trl-")
     # transformers 5 deprecates the gradient_checkpointing names TRL 1.16 still uses
     warnings.filterwarnings("ignore", ".*deprecated and will be removed in v6", FutureWarning)
     trainer = EngineTrainer(
@@ -284,7 +288,11 @@ def run_trl(
         processing_class=tokenizer,
         reward_funcs=[verifier],
         args=trl_args(
-            cfg, run_dir / "trl", max(cfg.steps - done, 1), train_dtype == "bf16", device == "cpu"
+            cfg,
+            Path(scratch.name),
+            max(cfg.steps - done, 1),
+            train_dtype == "bf16",
+            device == "cpu",
         ),
         train_dataset=dataset,
         allocator=cfg.method,
@@ -387,6 +395,7 @@ def run_trl(
             kind, value = trainer.outcome
     finally:
         channel.to_loop.put(("abort", None))  # unblocks a loop still waiting on TRL
+        scratch.cleanup()
     worker.join(timeout=60)
     if kind == "error":
         raise value  # the loop's own exception: Interrupted, a one-line error, ...
@@ -400,6 +409,7 @@ def run_trl(
         evals,
         allocation,
         round_table(prog),
+        rollout_log(prog),
     )
 
 
