@@ -194,12 +194,13 @@ def schedule(cfg: TrainConfig) -> Schedule:
 
 
 def identity(cfg: TrainConfig) -> dict:
-    """The run's leaderboard identity columns (``frozen``: learning rate 0)."""
+    """The run's leaderboard identity columns (``frozen``: learning rate 0). A run of the TRL
+    engine is labelled ``<model>+trl``, so that ``bench report`` ranks the engines apart."""
     spec = cfg.spec()
     return loop.identity(
         "train",
         cfg.task_name,
-        cfg.model,
+        cfg.model + ("+trl" if cfg.engine == "trl" else ""),
         spec.label,
         spec.name,
         cfg.seed,
