@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -330,6 +331,62 @@ def train_inputs(result: StepResult, prompt_tokens: list[list[int]]):
     return prompts, responses, np.asarray(train.advantages), np.asarray(train.weights)
 
 
+def start_folder(run_dir: Path, config: dict) -> None:
+    """A fresh run's folder with its resolved config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+
+
+@dataclass
+class RunParts:
+    """What a training run's checkpoint holds besides the loop's progress: the policy, its
+    optimiser, the allocator, the prompt stream, the generators and the allocation histogram
+    (both engines: this module and ``trainers/trl_engine.py``)."""
+
+    model: Any
+    optimizer: Any
+    allocator: Any
+    stream: PromptStream
+    alloc_rng: np.random.Generator
+    hist: Any
+
+    def save(self, ckpt_dir: Path, cfg: TrainConfig, prog: Progress) -> None:
+        """Write ``ckpt_dir/state.pt`` atomically (a temporary file renamed into place)."""
+        import torch
+
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": cfg.to_dict(),
+            "step": prog.done,
+            "progress": asdict(prog),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "allocator": self.allocator.state_dict(),
+            "stream": self.stream.state_dict(),
+            "stream_rng": self.stream.rng.bit_generator.state,
+            "alloc_rng": self.alloc_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "hist": (self.hist.prompts.copy(), self.hist.rollouts.copy()),
+        }
+        tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_dir / "state.pt")
+
+    def restore(self, state: dict) -> Progress:
+        """Load a checkpoint's ``state`` into the parts; returns the loop's progress."""
+        import torch
+
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.allocator.load_state_dict(state["allocator"])
+        self.stream.load_state_dict(state["stream"])
+        self.stream.rng.bit_generator.state = state["stream_rng"]
+        self.alloc_rng.bit_generator.state = state["alloc_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.hist.prompts[:], self.hist.rollouts[:] = state["hist"]
+        return Progress(**state["progress"])
+
+
 def run_training(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -344,7 +401,6 @@ def run_training(
     ``should_stop()`` is polled after every step: when true, the run checkpoints and raises
     ``Interrupted``.
     """
-    import torch
 
     from trainers.source import ModelSource
 
@@ -373,43 +429,16 @@ def run_training(
     allocator.reset(n_prompts, alloc_rng)
     sched = schedule(cfg)
 
+    parts = RunParts(policy.model, policy.optimizer, allocator, stream, alloc_rng, learner.hist)
     start = None
     if resume:
-        state = _load_state(ckpt_dir / "state.pt")
-        policy.model.load_state_dict(state["model"])
-        policy.optimizer.load_state_dict(state["optimizer"])
-        allocator.load_state_dict(state["allocator"])
-        stream.load_state_dict(state["stream"])
-        stream.rng.bit_generator.state = state["stream_rng"]
-        alloc_rng.bit_generator.state = state["alloc_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start = Progress(**state["progress"])
-        learner.hist.prompts[:], learner.hist.rollouts[:] = state["hist"]
+        start = parts.restore(_load_state(ckpt_dir / "state.pt"))
         policy.backend.sync(policy.model)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True, default=str)
-        )
+        start_folder(run_dir, config)
 
     def checkpoint(prog: Progress) -> None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "config": cfg.to_dict(),
-            "step": prog.done,
-            "progress": asdict(prog),
-            "model": policy.model.state_dict(),
-            "optimizer": policy.optimizer.state_dict(),
-            "allocator": allocator.state_dict(),
-            "stream": stream.state_dict(),
-            "stream_rng": stream.rng.bit_generator.state,
-            "alloc_rng": alloc_rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "hist": (learner.hist.prompts.copy(), learner.hist.rollouts.copy()),
-        }
-        tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt_dir / "state.pt")
+        parts.save(ckpt_dir, cfg, prog)
 
     cost = cfg.cost()
     prog, _ = run(

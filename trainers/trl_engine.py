@@ -28,15 +28,12 @@ evaluation on the same model.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import queue
 import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from allocators.base import SettingsError, StepResult
@@ -322,41 +319,16 @@ def run_trl(
     learner = _learner_class()(channel, eval_source, backend, model)
     allocator, stream, alloc_rng = trainer.allocator, trainer.stream, trainer.alloc_rng
 
+    parts = trun.RunParts(model, trainer.optimizer, allocator, stream, alloc_rng, learner.hist)
     start = None
     if state is not None:
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        allocator.load_state_dict(state["allocator"])
-        stream.load_state_dict(state["stream"])
-        stream.rng.bit_generator.state = state["stream_rng"]
-        alloc_rng.bit_generator.state = state["alloc_rng"]
+        start = parts.restore(state)
         trainer.allocator_steps = done
-        torch.set_rng_state(state["torch_rng"])
-        start = Progress(**state["progress"])
-        learner.hist.prompts[:], learner.hist.rollouts[:] = state["hist"]
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True, default=str)
-        )
+        trun.start_folder(run_dir, config)
 
     def checkpoint(prog: Progress) -> None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "config": cfg.to_dict(),
-            "step": prog.done,
-            "progress": asdict(prog),
-            "model": model.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "allocator": allocator.state_dict(),
-            "stream": stream.state_dict(),
-            "stream_rng": stream.rng.bit_generator.state,
-            "alloc_rng": alloc_rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "hist": (learner.hist.prompts.copy(), learner.hist.rollouts.copy()),
-        }
-        tmp = ckpt_dir / f".state.pt.{os.getpid()}.tmp"
-        torch.save(blob, tmp)
-        os.replace(tmp, ckpt_dir / "state.pt")
+        parts.save(ckpt_dir, cfg, prog)
 
     cost = cfg.cost()
     sched = trun.schedule(cfg)
