@@ -365,6 +365,24 @@ def tables(prog: Progress) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return steps, evals, alloc
 
 
+def output(
+    config: dict, identity: dict, prog: Progress, schedule: Schedule, cost: CostModel
+) -> RunOutput:
+    """The ``RunOutput`` of a finished run of either mode: its config and identity, the
+    run-level summary and every run-folder table."""
+    steps, evals, allocation = tables(prog)
+    return RunOutput(
+        config,
+        identity,
+        summarize(prog, schedule, cost),
+        steps,
+        evals,
+        allocation,
+        round_table(prog),
+        rollout_log(prog),
+    )
+
+
 def visit_rows(result: StepResult, step: int) -> np.ndarray:
     """The rollout-log rows of one step (``ROLLOUT_LOG_COLUMNS``, int64): per generation round
     (``result.rounds``, in the order the samples were drawn) and per prompt of the batch, the

@@ -144,14 +144,4 @@ def run_simulation(cfg: SimConfig, progress: Callable[[int], None] | None = None
 
     cost = cfg.cost()
     prog, _ = loop.run(allocator, source, model, stream, sched, on_step=on_step, cost=cost)
-    steps, evals, allocation = loop.tables(prog)
-    return RunOutput(
-        resolve(cfg),
-        identity(cfg),
-        loop.summarize(prog, sched, cost),
-        steps,
-        evals,
-        allocation,
-        loop.round_table(prog),
-        loop.rollout_log(prog),
-    )
+    return loop.output(resolve(cfg), identity(cfg), prog, sched, cost)

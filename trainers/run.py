@@ -41,11 +41,7 @@ from allocators.loop import (
     RunOutput,
     Schedule,
     check_units,
-    rollout_log,
-    round_table,
     run,
-    summarize,
-    tables,
 )
 from allocators.registry import MethodSpec, parse_spec
 from trainers.backends import GenParams, check_backend
@@ -454,17 +450,7 @@ def run_training(
         cfg.checkpoint_every,
         cost,
     )
-    steps, evals, allocation = tables(prog)
-    return RunOutput(
-        config,
-        identity(cfg),
-        summarize(prog, sched, cost),
-        steps,
-        evals,
-        allocation,
-        round_table(prog),
-        rollout_log(prog),
-    )
+    return loop.output(config, identity(cfg), prog, sched, cost)
 
 
 def load_checkpoint_config(run_dir: str | Path) -> tuple[TrainConfig, int]:

@@ -36,16 +36,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from allocators import loop
 from allocators.base import SettingsError, StepResult
-from allocators.loop import (
-    Progress,
-    RunOutput,
-    rollout_log,
-    round_table,
-    run,
-    summarize,
-    tables,
-)
+from allocators.loop import Progress, RunOutput, run
 
 ENGINES = ("native", "trl")
 TRL_HINT = "pip install 'rollout-bench[trl]'"
@@ -372,17 +365,7 @@ def run_trl(
     if kind == "error":
         raise value  # the loop's own exception: Interrupted, a one-line error, ...
     prog = value
-    steps, evals, allocation = tables(prog)
-    return RunOutput(
-        config,
-        trun.identity(cfg),
-        summarize(prog, sched, cost),
-        steps,
-        evals,
-        allocation,
-        round_table(prog),
-        rollout_log(prog),
-    )
+    return loop.output(config, trun.identity(cfg), prog, sched, cost)
 
 
 __all__ = ["ENGINES", "check_engine", "run_trl", "trl_args"]
