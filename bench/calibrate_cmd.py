@@ -22,18 +22,24 @@ from simulator.scenarios import SCENARIOS
 EXACT_TEST = 10**9  # the test-set size that stands for exact accuracy (variance at its floor)
 
 
+def read_evals(path: Path) -> pd.DataFrame:
+    """A CSV of evaluations with (at least) the columns step and test_accuracy."""
+    try:
+        evals = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise LogError(f"cannot read {path}: {exc}") from None
+    if not {"step", "test_accuracy"} <= set(evals.columns):
+        raise LogError(f"{path} lacks the columns step, test_accuracy")
+    return evals
+
+
 def read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """The log, the evaluations (a run folder's evals.csv) and config of ``path``."""
     log = read_log(path)
     evals, config = None, {}
     if path.is_dir():
         if (path / "evals.csv").is_file():
-            try:
-                evals = pd.read_csv(path / "evals.csv")
-            except (OSError, ValueError) as exc:
-                raise LogError(f"cannot read {path / 'evals.csv'}: {exc}") from None
-            if not {"step", "test_accuracy"} <= set(evals.columns):
-                raise LogError(f"{path / 'evals.csv'} lacks the columns step, test_accuracy")
+            evals = read_evals(path / "evals.csv")
         if (path / "config.json").is_file():
             try:
                 config = json.loads((path / "config.json").read_text())
@@ -117,9 +123,7 @@ def calibrate_cmd(
             raise ScenarioError(f"--base must be a built-in scenario ({', '.join(SCENARIOS)})")
         frame, evals, config = read_run(path)
         if evals_file:
-            evals = pd.read_csv(evals_file)
-            if not {"step", "test_accuracy"} <= set(evals.columns):
-                raise LogError(f"{evals_file} lacks the columns step, test_accuracy")
+            evals = read_evals(Path(evals_file))
         sim = config.get("scenario_config", {})  # a simulated run's scenario
         # a simulated run's test accuracy is exact (no sampling noise): the variance floor
         exact = EXACT_TEST if config.get("mode") == "simulate" else 0

@@ -256,6 +256,7 @@ class Objective:
         # the simulated curves' spread over replicates (the posterior draws of the initial
         # rates and the learning trajectory's noise), fixed at one point (``fix_spread``)
         self.spread: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._targets: dict[bytes | None, tuple] = {}
 
     def _sim_curves(self, x: np.ndarray, w: np.ndarray) -> tuple:
         rates, acc = self.simulate(x)
@@ -300,13 +301,22 @@ class Objective:
             self._cache[key] = (np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs]))
         return self._cache[key]
 
+    def _target(self, weights: np.ndarray | None) -> tuple:
+        """The prompt weights, the observed curves and their binomial variances under
+        ``weights`` (None: every prompt once); cached, as they do not depend on θ."""
+        key = None if weights is None else weights.tobytes()
+        if key not in self._targets:
+            obs = self.obs
+            w = np.ones(obs.prompt_ids.size) if weights is None else weights
+            observed = curves(obs, obs.successes, w)
+            self._targets[key] = (w, observed, variances(obs, w, self.st.replicates))
+        return self._targets[key]
+
     def __call__(self, x: np.ndarray, weights: np.ndarray | None = None) -> float:
         obs = self.obs
-        w = np.ones(obs.prompt_ids.size) if weights is None else weights
+        w, (r_obs, e_obs), (v_r, v_e, v_a) = self._target(weights)
         r_all, e_all, acc = self._sim_curves(x, w)
-        r_obs, e_obs = curves(obs, obs.successes, w)
         r_sim, e_sim = r_all.mean(axis=0), e_all.mean(axis=0)
-        v_r, v_e, v_a = variances(obs, w, self.st.replicates)
         if self.spread is not None:
             inflate = 1.0 + 1.0 / self.st.replicates
             v_r = v_r + inflate * self.spread[0]
@@ -514,18 +524,16 @@ def calibrate(
         if hi_b - lo_b > 0.5 * (hi[j] - lo[j]) or not lo_b <= own <= hi_b:
             identified[name] = "weakly (the refits disagree with the fit)"
     params = f.params(x)
-    rates, acc = f.simulate(x)
-    ones = np.ones(P)
-    r_obs, e_obs = curves(obs, obs.successes, ones)
-    sim_curves = [expected_curves(obs, r, ones) for r in rates]
+    ones, (r_obs, e_obs), _ = f._target(None)
+    r_all, e_all, acc = f._sim_curves(x, ones)
     plot = {
         "step": np.arange(1, obs.steps + 1),
         "reward_observed": r_obs,
         "effective_observed": e_obs,
-        "reward_simulated": np.mean([c[0] for c in sim_curves], axis=0),
-        "effective_simulated": np.mean([c[1] for c in sim_curves], axis=0),
-        "reward_sim_sd": np.std([c[0] for c in sim_curves], axis=0),
-        "effective_sim_sd": np.std([c[1] for c in sim_curves], axis=0),
+        "reward_simulated": r_all.mean(axis=0),
+        "effective_simulated": e_all.mean(axis=0),
+        "reward_sim_sd": r_all.std(axis=0),
+        "effective_sim_sd": e_all.std(axis=0),
     }
     if obs.has_test:
         plot["eval_step"] = obs.eval_steps
@@ -534,7 +542,7 @@ def calibrate(
     scenario = scenario_for(obs, st, params, obs.num_prompts)
     return Calibration(
         scenario=scenario,
-        params=f.natural(x) | {"steps_per_prompt": k_best},
+        params=fitted | {"steps_per_prompt": k_best},
         loss=loss,
         losses={k: v[2] for k, v in fits.items()},
         bootstrap={p: np.array(v) for p, v in boots.items()},

@@ -67,7 +67,6 @@ SCENARIO_BOUNDS: dict[str, tuple[float | None, float | None]] = {
 # The feature matrices of a world hold (num_prompts + num_test) x dim doubles (x steps_per_prompt).
 MAX_WORLD_VALUES = 400_000_000
 FILE_KEYS = ("base",)  # keys of a file that are not Scenario fields
-POOL_MODES = ("mixture", "prompts")
 
 
 def is_scenario_file(ref: str) -> bool:
@@ -143,8 +142,6 @@ def check_scenario(s: Scenario, where: str) -> None:
             f"{where}: (num_prompts + num_test) x dim is too large for memory "
             f"(at most {MAX_WORLD_VALUES:,} values)"
         )
-    if s.pool_mode not in POOL_MODES:
-        raise ScenarioError(f"{where}: pool_mode must be one of {', '.join(POOL_MODES)}")
     if s.pool and s.pool_mode == "prompts" and s.domains:
         raise ScenarioError(
             f'{where}: pool_mode = "prompts" keeps the prompts of a pool without domains; '
@@ -250,8 +247,6 @@ def _with_pool(values: dict, folder: Path, where: str) -> dict:
     if not path.is_absolute():
         path = folder / path
     mode = values.get("pool_mode", "mixture")
-    if mode not in POOL_MODES:
-        raise ScenarioError(f"{where}: pool_mode must be one of {', '.join(POOL_MODES)}")
     try:
         pool = pools.build_pool(path, mode)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
