@@ -26,8 +26,14 @@ from allocators.base import NO_ANSWER, PromptStream, Step
 from allocators.registry import METHODS, parse_spec
 from bench.cli import main
 from bench.results import LEADERBOARD_COLUMNS
-from trainers.backends import GenParams
-from trainers.grpo import GRPOConfig, accumulate_gradients, grpo_update, make_optimizer
+from trainers.backends import GenParams, TransformersBackend
+from trainers.grpo import (
+    GRPOConfig,
+    accumulate_gradients,
+    grpo_update,
+    make_optimizer,
+    sample_logprobs,
+)
 from trainers.models import embedded_gguf, embedded_model_dir, load_model, load_tokenizer
 from trainers.run import Interrupted, TrainConfig, check_config, run_training, train_inputs
 from trainers.source import ModelSource, encode_prompts
@@ -190,6 +196,87 @@ def test_zero_variance_group_contributes_no_gradient():
     model.zero_grad()
     accumulate_gradients(model, prompts, responses, adv, w, np.arange(6), cfg, 0)
     assert torch.allclose(_grads(model), both, atol=1e-7, rtol=1e-5)
+
+
+def _plain_loss(model, prompts, responses, adv, temperature):
+    """The update's loss restated as one forward pass per whole prompt + response sequence (on
+    policy: ratio 1, so the per-token term is -A * logp's gradient), token-mean."""
+    total = sum(map(len, responses))
+    loss = 0.0
+    for p, r, a in zip(prompts, responses, adv):
+        ids = torch.tensor([p + r])
+        logits = model(input_ids=ids).logits[0, len(p) - 1 : -1].float() / temperature
+        lp = torch.log_softmax(logits, -1)[torch.arange(len(r)), torch.tensor(r)]
+        loss = loss - float(a) * lp.sum() / total
+    return loss
+
+
+def test_shared_prompt_logprobs_and_gradient_equal_whole_sequence_passes():
+    """sample_logprobs runs each distinct prompt once and its responses as a cached
+    continuation; log-probs and the update's gradient equal one pass per whole sequence, for
+    prompts of different lengths, a prompt's samples split across micro-batches, and responses
+    of length 1."""
+    model = tiny_model(2)
+    prompts = [[1, 2, 3, 4, 5]] * 3 + [[6, 7]] * 2 + [[8, 9, 10]] * 2
+    responses = [[11, 12, 13], [14], [15, 16, 17, 18, 19], [20, 21], [22], [23, 24, 25], [26]]
+    adv = np.array([0.5, -1.0, 1.5, -0.3, 0.8, 1.0, -2.0])
+    with torch.no_grad():
+        flat = sample_logprobs(model, prompts, responses, 0.7, 0)
+        whole = torch.cat(
+            [
+                torch.log_softmax(
+                    model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1] / 0.7, -1
+                )[torch.arange(len(r)), torch.tensor(r)]
+                for p, r in zip(prompts, responses)
+            ]
+        )
+    assert flat.shape == whole.shape
+    assert torch.allclose(flat, whole, atol=1e-5)
+    cfg = GRPOConfig(autocast_bf16=False, micro_batch_size=3, temperature=0.7)
+    model.zero_grad()
+    accumulate_gradients(model, prompts, responses, adv, np.ones(7), np.arange(7), cfg, 0)
+    ours = _grads(model).clone()
+    model.zero_grad()
+    _plain_loss(model, prompts, responses, adv, 0.7).backward()
+    ref = _grads(model)
+    assert torch.count_nonzero(ref) > 0
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-4)
+
+
+def test_decode_loop_matches_generate_and_samples_in_the_nucleus():
+    """The backend's own decode loop (shared prefill, finished rows dropped): greedy output
+    equals transformers' generate; sampled tokens stay inside the top-p nucleus and a call is a
+    function of its seed; completions come back grouped in request order."""
+    model = tiny_model(3)
+    be = TransformersBackend(model, eos_id=39, pad_id=0, batch_size=5)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    greedy = GenParams(max_new_tokens=6, greedy=True)
+    ours = be.generate(prompts, [1, 1, 1], greedy, 0)
+    for p, got in zip(prompts, ours):
+        ref = model.generate(
+            input_ids=torch.tensor([p]),
+            do_sample=False,
+            max_new_tokens=6,
+            eos_token_id=39,
+            pad_token_id=0,
+        )[0, len(p) :].tolist()
+        if 39 in ref:
+            ref = ref[: ref.index(39) + 1]
+        assert got == ref
+    counts = [4, 0, 3]
+    params = GenParams(max_new_tokens=5, temperature=1.0, top_p=0.5)
+    a = be.generate(prompts, counts, params, 7)
+    assert len(a) == 7 and a == be.generate(prompts, counts, params, 7)
+    assert a != be.generate(prompts, counts, params, 8)
+    for row, p in zip(a, [prompts[0]] * 4 + [prompts[2]] * 3):
+        seq = list(p)
+        for tok in row:  # each token is in the nucleus of the distribution it was drawn from
+            with torch.no_grad():
+                probs = torch.softmax(model(input_ids=torch.tensor([seq])).logits[0, -1], -1)
+            sorted_p, order = probs.sort(descending=True)
+            rank = int((order == tok).nonzero())
+            assert float(sorted_p[:rank].sum()) < 0.5 + 1e-6
+            seq.append(tok)
 
 
 def test_clip_bounds_the_ratio_with_several_mini_batches():

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from allocators.base import check_numbers
 
@@ -75,53 +74,82 @@ class GRPOConfig:
         check_numbers(self, self.bounds, "grpo.")
 
 
-@dataclass
-class SequenceBatch:
-    """Prompt + response token sequences, right-padded, with a mask over response tokens."""
+def sample_logprobs(
+    model, prompts: list[list[int]], responses: list[list[int]], temperature: float, pad_id: int
+) -> torch.Tensor:
+    """log pi(token | the tokens before it) for every response token, flat and row-major
+    (sample 0's response tokens first), float32, at the sampling temperature.
 
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    response_mask: torch.Tensor  # [B, L-1]: 1 where position t predicts a response token
+    Each distinct prompt runs through the model once (left-padded, with its KV cache kept, under
+    autograd), the cache is repeated for that prompt's samples, and the right-padded responses
+    run as its continuation: the same log-probabilities as one forward pass over each
+    prompt + response sequence (tests/test_train.py compares them), without recomputing a prompt
+    for every sample of its group, and with the output layer applied only where a response token
+    is predicted (docs/measurements.md#the-cpu-trainer-step)."""
+    from transformers import DynamicCache
 
+    from trainers.models import cache_kwarg
 
-def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> SequenceBatch:
-    """Right-padded sequences (width a multiple of 16); padding is masked out of attention and
-    of the loss."""
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    width = -(-max(lengths) // 16) * 16  # few distinct shapes: CPU kernels are set up per shape
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(prompts), width), dtype=torch.long)
-    resp = torch.zeros((len(prompts), width - 1), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        seq = list(p) + list(r)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attn[i, : len(seq)] = 1
-        resp[i, len(p) - 1 : len(seq) - 1] = 1.0  # logits at t predict token t+1
-    return SequenceBatch(ids, attn, resp)
-
-
-def token_logprobs(model, batch: SequenceBatch, temperature: float) -> torch.Tensor:
-    """log pi(token_{t+1} | tokens_{<=t}) for every position, [B, L-1] (float32)."""
     dev = next(model.parameters()).device
-    ids = batch.input_ids.to(dev)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(dev)).logits
-    logits = logits[:, :-1].float() / temperature
-    target = ids[:, 1:]
-    picked = torch.gather(logits, 2, target.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    if not any(responses):
+        return torch.zeros(0, device=dev)
+    distinct: dict[tuple[int, ...], int] = {}
+    rep = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    unique = list(distinct)
+    pw = max(map(len, unique))
+    p_ids = torch.full((len(unique), pw), pad_id, dtype=torch.long)
+    p_attn = torch.zeros((len(unique), pw), dtype=torch.long)
+    for row, p in enumerate(unique):  # left padding: every prompt ends at column pw - 1
+        p_ids[row, pw - len(p) :] = torch.tensor(p, dtype=torch.long)
+        p_attn[row, pw - len(p) :] = 1
+    p_ids, p_attn = p_ids.to(dev), p_attn.to(dev)
+    p_pos = (p_attn.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    kv = {cache_kwarg(model): cache}
+    first = model(
+        input_ids=p_ids,
+        attention_mask=p_attn,
+        position_ids=p_pos,
+        use_cache=True,
+        logits_to_keep=1,
+        **kv,
+    ).logits[:, -1:]  # [P, 1, V]: predicts each response's first token
+    idx = torch.tensor(rep, dtype=torch.long, device=dev)
+    cache.batch_select_indices(idx)
+    lengths = [len(r) for r in responses]
+    rw = max(lengths)
+    r_ids = torch.full((len(responses), rw), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((len(responses), rw), dtype=torch.bool)
+    for row, r in enumerate(responses):
+        r_ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
+        r_mask[row, : len(r)] = True
+    r_ids, r_mask = r_ids.to(dev), r_mask.to(dev)
+    logits = first[idx]
+    if rw > 1:  # response token k + 1 is predicted at response position k
+        rest = model(
+            input_ids=r_ids[:, :-1],
+            attention_mask=torch.cat([p_attn[idx], r_mask[:, :-1].long()], dim=1),
+            position_ids=p_pos[idx, -1:] + 1 + torch.arange(rw - 1, device=dev),
+            use_cache=True,
+            **kv,
+        ).logits
+        logits = torch.cat([logits, rest], dim=1)  # [S, rw, V]
+    picked = logits[r_mask].float() / temperature  # [N, V]
+    target = r_ids[r_mask]
+    return picked.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
 
 
 def policy_loss_terms(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cfg: GRPOConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token clipped policy-gradient loss and whether the clip was active."""
-    a = adv[:, None]
+    """Per-token clipped policy-gradient loss and whether the clip was active (``adv``: each
+    token's sample's advantage, the same shape as ``logp``)."""
     ratio = torch.exp(logp - old_logp)
-    loss_unclipped = -a * ratio
-    loss_clipped = -a * torch.clamp(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * torch.clamp(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     pg = torch.maximum(loss_unclipped, loss_clipped)
-    dual = torch.minimum(pg, -a * cfg.clip_ratio_c)
-    pg = torch.where(a < 0, dual, pg)
+    dual = torch.minimum(pg, -adv * cfg.clip_ratio_c)
+    pg = torch.where(adv < 0, dual, pg)
     return pg, (loss_clipped > loss_unclipped)
 
 
@@ -135,13 +163,26 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _grouped(idx: np.ndarray, prompts, responses) -> np.ndarray:
+    """``idx`` ordered by (prompt length, prompt, response length): a prompt's samples sit
+    together, so a micro-batch runs each prompt once and pads little (the loss is a sum: the
+    order changes only rounding)."""
+    keys = {i: (len(prompts[i]), tuple(prompts[i]), len(responses[i])) for i in idx}
+    return np.array(sorted(np.asarray(idx).tolist(), key=keys.__getitem__), np.int64)
+
+
 def old_logprobs(model, prompts, responses, cfg: GRPOConfig, pad_id: int) -> list[torch.Tensor]:
-    """log-probs of every sample under the current (pre-update) policy, one 1-D tensor each."""
-    out: list[torch.Tensor] = []
+    """log-probs of every sample's response tokens under the current (pre-update) policy, one
+    1-D tensor per sample."""
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(responses)
+    order = _grouped(np.arange(len(responses)), prompts, responses)
     with torch.no_grad(), _autocast(model, cfg):
-        for sl in _chunks(len(responses), cfg.micro_batch_size):
-            b = make_batch(prompts[sl], responses[sl], pad_id)
-            out.extend(token_logprobs(model, b, cfg.temperature).float())
+        for sl in _chunks(order.size, cfg.micro_batch_size):
+            idx = order[sl]
+            ps, rs = [prompts[i] for i in idx], [responses[i] for i in idx]
+            flat = sample_logprobs(model, ps, rs, cfg.temperature, pad_id).float().cpu()
+            for i, piece in zip(idx, flat.split([len(responses[i]) for i in idx])):
+                out[i] = piece
     return out
 
 
@@ -170,31 +211,33 @@ def accumulate_gradients(
     if skip_zero and cfg.kl_coef == 0:
         nonzero = (np.asarray(coef_adv)[part] * np.asarray(weights)[part]) != 0
         run = part[nonzero]
+    run = _grouped(run, prompts, responses)
     autocast = _autocast(model, cfg)
     for sl in _chunks(run.size, cfg.micro_batch_size):
         idx = run[sl]
-        b = make_batch([prompts[i] for i in idx], [responses[i] for i in idx], pad_id)
+        ps, rs = [prompts[i] for i in idx], [responses[i] for i in idx]
         with autocast:
-            logp = token_logprobs(model, b, cfg.temperature)
+            logp = sample_logprobs(model, ps, rs, cfg.temperature, pad_id)
+        if logp.numel() == 0:
+            continue
+        dev = logp.device
         if old is None:  # one optimiser step per training step: on-policy
             old_lp = logp.detach()
         else:
-            width = logp.shape[1]
-            old_lp = torch.stack(
-                [F.pad(old[i], (0, max(0, width - old[i].shape[0])))[:width] for i in idx]
-            )
-        dev = logp.device
-        mask = b.response_mask.to(dev)
-        pg, clipped = policy_loss_terms(logp, old_lp.to(dev), adv_all[idx].to(dev), cfg)
-        loss = (w_all[idx].to(dev)[:, None] * pg * mask).sum() / denom
+            old_lp = torch.cat([old[i] for i in idx]).to(dev)
+        lengths = torch.tensor([len(responses[i]) for i in idx], device=dev)
+        adv = adv_all[idx].to(dev).repeat_interleave(lengths)  # each token: its sample's
+        w = w_all[idx].to(dev).repeat_interleave(lengths)
+        pg, clipped = policy_loss_terms(logp, old_lp, adv, cfg)
+        loss = (w * pg).sum() / denom
         out["pg_loss"] += float(loss.detach())
-        out["clipped_tokens"] += float((clipped.float() * mask).sum())
+        out["clipped_tokens"] += float(clipped.float().sum())
         if cfg.kl_coef > 0 and ref_model is not None:
             with torch.no_grad(), autocast:
-                ref_lp = token_logprobs(ref_model, b, cfg.temperature)
+                ref_lp = sample_logprobs(ref_model, ps, rs, cfg.temperature, pad_id)
             delta = torch.clamp(ref_lp - logp, -20.0, 20.0)
             k3 = torch.clamp(torch.exp(delta) - delta - 1.0, -10.0, 10.0)  # verl low_var_kl
-            kl = (k3 * mask).sum() / denom
+            kl = k3.sum() / denom
             out["kl"] += float(kl.detach())
             loss = loss + cfg.kl_coef * kl
         loss.backward()

@@ -176,3 +176,11 @@ def bf16_supported(device: str = "cpu") -> bool:
     except OSError:
         return False
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def cache_kwarg(model) -> str:
+    """The name of a model's KV-cache argument: transformers renamed forward's
+    ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
