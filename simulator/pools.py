@@ -586,6 +586,9 @@ class LengthFit:
         }
 
 
+SLOPE_LIMIT = 20.0  # |difficulty_length_slope| a scenario file accepts
+
+
 def fit_lengths(
     mean_tokens,
     successes,
@@ -637,6 +640,9 @@ def fit_lengths(
     xc = x - x.mean()
     sxx = float(np.sum(xc * xc))
     beta = float(np.sum(xc * (y - y.mean())) / sxx) if sxx > 0 else 0.0
+    # a handful of prompts with nearly equal posterior means leaves the slope unconstrained
+    # (sxx near 0): keep it, and so the intercept, inside what a scenario accepts
+    beta = min(max(beta, -SLOPE_LIMIT), SLOPE_LIMIT)
     intercept = float(y.mean() - beta * x.mean())
     resid = y - intercept - beta * x
     dof = max(m.size - 2, 1)

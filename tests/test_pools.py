@@ -28,6 +28,7 @@ from simulator.pools import (
     posterior_rates,
     read_pass_rates,
 )
+from simulator.scenario_files import SCENARIO_BOUNDS
 from simulator.scenarios import _initial_pass_rates, build_world, get_scenario
 
 DAPO = get_scenario("dapo-math").pass_rate_mixture  # U-shaped, three components
@@ -208,6 +209,19 @@ def test_length_fit_sees_a_flat_difficulty_slope():
     assert abs(fit.difficulty_length_slope) < 0.06
     assert fit.median_tokens == pytest.approx(600, rel=0.03)
     assert fit.prompt_length_sigma == pytest.approx(0.2, abs=0.03)
+
+
+def test_length_fit_of_a_few_alike_prompts_stays_inside_a_scenarios_bounds():
+    """Four prompts whose posterior means barely differ (0 of 4 or 5 correct) leave the slope
+    unconstrained (unclamped: -178, and a median of 9e33 tokens): the fit keeps it, and so the
+    median, inside what a scenario file accepts."""
+    s, t = np.array([0, 0, 0, 0]), np.array([4, 5, 4, 5])
+    m = np.array([8.0, 1.0, 8.0, 1.0])
+    fit = fit_lengths(m, s, t, DAPO)
+    lo, hi = SCENARIO_BOUNDS["difficulty_length_slope"]
+    assert lo <= fit.difficulty_length_slope <= hi
+    mlo, mhi = SCENARIO_BOUNDS["median_tokens"]
+    assert mlo <= fit.median_tokens <= mhi
 
 
 # --------------------------------------------------------------------------- reading
