@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from bench.calibrate_cmd import calibrate_cmd
+from bench.confirm_cmd import confirm
 from bench.errors import BenchGroup
 from bench.fitcost_cmd import fit_cost
 from bench.report_cmd import report
@@ -41,6 +42,7 @@ main.add_command(train)
 main.add_command(solvers)
 main.add_command(fit_cost)
 main.add_command(calibrate_cmd)
+main.add_command(confirm)
 
 
 if __name__ == "__main__":  # python -m bench.cli, as the `bench` script

@@ -161,3 +161,37 @@ def calibration_curves(curves: dict, title: str, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def confirmation_plot(table: pd.DataFrame, level: float, path: Path) -> Path:
+    """Forecast against observation (``bench confirm report``): one panel per metric; per
+    method the forecast's mean difference to uniform with its interval (bar), the observed mean
+    (diamond) and each seed's difference (dots)."""
+    from bench.confirm import METRICS
+
+    metrics = list(dict.fromkeys(table["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        t = table[table["metric"] == metric].reset_index(drop=True)
+        x = np.arange(len(t))
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.errorbar(
+            x - 0.12,
+            t["mean"],
+            yerr=[t["mean"] - t["lo"], t["hi"] - t["mean"]],
+            fmt="o",
+            color="tab:blue",
+            capsize=4,
+            label=f"forecast ({level:.0%})",
+        )
+        ax.plot(x + 0.12, t["observed"], "D", color="tab:red", label="observed mean")
+        for k, seeds in enumerate(t["per_seed"]):
+            ax.plot(np.full(len(seeds), k + 0.22), seeds, ".", color="tab:red", alpha=0.45)
+        ax.set_xticks(x, t["method"], rotation=20)
+        ax.set_title(METRICS.get(metric, metric), fontsize=10)
+        ax.set_ylabel("difference to uniform")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

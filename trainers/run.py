@@ -78,6 +78,7 @@ class TrainConfig:
     budget_unit: str = "rollouts"  # rollouts | tokens
     compute_unit: str = ""  # "" (none) | rollouts | tokens | seconds
     compute_budget: float = 0.0  # total compute of the run, in compute_unit
+    forecast: str = ""  # bench confirm: the sha256 of the forecast this run was made to check
     cost_model: str = ""  # a cost model JSON file (allocators/cost.py); "": the defaults
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
@@ -105,6 +106,8 @@ class TrainConfig:
         d = asdict(self)
         if d["engine"] == "native":  # native runs keep the config hashes they had before engines
             del d["engine"]
+        if not d["forecast"]:  # likewise runs that check no forecast
+            del d["forecast"]
         return d
 
     @staticmethod
