@@ -369,8 +369,9 @@ def train(
     """GRPO on a real model with each allocator in turn.
 
     With no options: the embedded SmolLM2-135M-Instruct on the embedded chain-sum task, uniform
-    GRPO, a short CPU run (30 steps; 4-7 s per step on 2 free cores after the first few, several
-    times that on a busy machine). Each finished run appends one row
+    GRPO, a short CPU run (30 steps; about 21 s per step on 2 free cores of a CPU without native
+    bf16, docs/measurements.md; several times that on a busy machine). Each finished run
+    appends one row
     to OUT/train_leaderboard.csv (the simulator's columns) and writes RUNS_DIR/<run-id>/.
     """
     console = Console()
