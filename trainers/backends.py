@@ -205,7 +205,10 @@ class VLLMBackend:
         )
 
     def sync(self, model) -> None:
-        weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+        self.load_weights([(k, v.detach()) for k, v in model.state_dict().items()])
+
+    def load_weights(self, weights: list) -> None:
+        """Load (name, tensor) pairs into the engine's model, then drop its prefix cache."""
         if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9
             self.llm.apply_model(lambda m: m.load_weights(weights))
         else:

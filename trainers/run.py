@@ -234,7 +234,8 @@ class _Policy:
         import torch
         from transformers.utils import logging as hf_logging
 
-        from trainers.backends import TransformersBackend, VLLMBackend
+        from trainers.backends import TransformersBackend
+        from trainers.gen_worker import WorkerBackend
         from trainers.grpo import make_optimizer
         from trainers.models import bf16_supported, load_model, load_tokenizer, resolve_model
 
@@ -262,10 +263,8 @@ class _Policy:
         self.gen_dtype = want
         eos = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
-        if cfg.backend == "vllm":
-            self.backend = VLLMBackend(
-                self.path, cfg.seed, "bfloat16" if want == "bf16" else "float32"
-            )
+        if cfg.backend == "vllm":  # in a worker process: vLLM must not see Numba
+            self.backend = WorkerBackend("vllm", self.path, cfg.seed, want)
         else:
             dtype = torch.bfloat16 if want == "bf16" else torch.float32
             self.backend = TransformersBackend(
@@ -440,19 +439,23 @@ def run_training(
         parts.save(ckpt_dir, cfg, prog)
 
     cost = cfg.cost()
-    prog, _ = run(
-        allocator,
-        source,
-        learner,
-        stream,
-        sched,
-        start,
-        progress,
-        should_stop,
-        checkpoint,
-        cfg.checkpoint_every,
-        cost,
-    )
+    try:
+        prog, _ = run(
+            allocator,
+            source,
+            learner,
+            stream,
+            sched,
+            start,
+            progress,
+            should_stop,
+            checkpoint,
+            cfg.checkpoint_every,
+            cost,
+        )
+    finally:
+        if hasattr(policy.backend, "close"):  # a generation worker process
+            policy.backend.close()
     return loop.output(config, identity(cfg), prog, sched, cost)
 
 

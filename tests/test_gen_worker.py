@@ -1,0 +1,62 @@
+"""The generation worker process (trainers/gen_worker.py): the protocol, checked with the
+transformers backend in the worker (vLLM, the backend it exists for, is not installed here)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from trainers.backends import GenParams, TransformersBackend  # noqa: E402
+from trainers.gen_worker import WorkerBackend, WorkerError  # noqa: E402
+
+
+def _tiny(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def test_worker_generates_what_the_in_process_backend_does_and_takes_new_weights(tmp_path):
+    model = _tiny(tmp_path / "m")
+    here = TransformersBackend(model, eos_id=39, pad_id=0)
+    worker = WorkerBackend("transformers", str(tmp_path / "m"), 0, "fp32", eos_id=39, pad_id=0)
+    try:
+        assert worker.info["numba_loaded"] is False  # a clean process: vLLM would start there
+        prompts, counts = [[1, 2, 3], [4, 5]], [3, 2]
+        for params in (GenParams(6, 1.0), GenParams(6, greedy=True)):
+            assert worker.generate(prompts, counts, params, 11) == here.generate(
+                prompts, counts, params, 11
+            )
+        greedy = GenParams(6, greedy=True)
+        before = worker.generate(prompts, [1, 1], greedy, 0)
+        with torch.no_grad():  # an "update": the worker sees it only after sync
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        assert worker.generate(prompts, [1, 1], greedy, 0) == before
+        worker.sync(model)
+        assert worker.generate(prompts, [1, 1], greedy, 0) == here.generate(
+            prompts, [1, 1], greedy, 0
+        )
+    finally:
+        worker.close()
+    assert worker._proc.poll() == 0
+
+
+def test_a_worker_that_cannot_start_reports_why(tmp_path):
+    with pytest.raises(WorkerError, match="failed: .*"):
+        WorkerBackend("transformers", str(tmp_path / "no-model"), 0, "fp32", eos_id=1, pad_id=0)
