@@ -117,27 +117,18 @@ def _worker_trl_stock(steps: int) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     timers = _Timers()
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from trainers.models import bf16_supported, load_model, load_tokenizer, resolve_model
     from trainers.tasks import chain_sum
+    from trainers.trl_engine import task_dataset
 
     task = chain_sum(SETTINGS["seed"], 64, 64)
     path = resolve_model("smollm2-135m")
     n = SETTINGS["budget"] // SETTINGS["prompts_per_step"]
 
-    def verifier(completions, answer, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(r) for r in task.verify(texts, list(answer))]
-
-    data = Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": p}] for p in task.train_prompts],
-            "answer": list(task.train_answers),
-        }
-    )
+    data, verifier = task_dataset(task)
     gen_time = [0.0]
 
     class Timed(GRPOTrainer):

@@ -55,3 +55,22 @@ class SimHarness:
 @pytest.fixture
 def harness():
     return SimHarness
+
+
+def tiny_llama(seed: int = 0):
+    """A tiny random Llama (vocabulary 40, 2 layers): milliseconds per forward pass."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()

@@ -8,25 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import tiny_llama  # noqa: E402
+
 from trainers.backends import GenParams, TransformersBackend  # noqa: E402
 from trainers.gen_worker import WorkerBackend, WorkerError  # noqa: E402
 
 
 def _tiny(path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(5)
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(5)
     model.save_pretrained(path)
     return model
 

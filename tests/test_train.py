@@ -20,6 +20,7 @@ for _module in ("torch", "transformers"):
         _module, reason="the bench train tests need the train extra: pip install -e '.[train]'"
     )
 import torch
+from conftest import tiny_llama as tiny_model
 
 from allocators.advantages import group_normalized
 from allocators.base import NO_ANSWER, PromptStream, Step
@@ -45,23 +46,6 @@ FP32 = GRPOConfig(lr=1e-4, autocast_bf16=False, micro_batch_size=4)
 # --------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------
-def tiny_model(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def smol():
     path = str(embedded_model_dir())

@@ -176,6 +176,24 @@ def _trainer_class():
     return EngineTrainer, Relay, KeepGenerator
 
 
+def task_dataset(task):
+    """A task's training prompts as TRL's conversational dataset (one user message each, the
+    gold answer in the ``answer`` column) and the task's verifier as a TRL reward function."""
+    from datasets import Dataset
+
+    def verifier(completions, answer, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(r) for r in task.verify(texts, list(answer))]
+
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p}] for p in task.train_prompts],
+            "answer": list(task.train_answers),
+        }
+    )
+    return dataset, verifier
+
+
 def trl_args(cfg, output_dir: Path, steps: int, bf16: bool, cpu: bool):
     """TRL's ``GRPOConfig`` for a ``TrainConfig``: the native update's settings."""
     from trl import GRPOConfig
@@ -221,7 +239,6 @@ def run_trl(
     """``trainers.run.run_training`` with TRL's trainer running the updates (same arguments,
     same ``RunOutput``)."""
     import torch
-    from datasets import Dataset
     from transformers.utils import logging as hf_logging
 
     from trainers import run as trun
@@ -257,16 +274,7 @@ def run_trl(
         "trl_version": __import__("trl").__version__,
     }
 
-    def verifier(completions, answer, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(r) for r in task.verify(texts, list(answer))]
-
-    dataset = Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": p}] for p in task.train_prompts],
-            "answer": list(task.train_answers),
-        }
-    )
+    dataset, verifier = task_dataset(task)
     done = int(state["progress"]["done"]) if state is not None else 0
     EngineTrainer, Relay, KeepGenerator = _trainer_class()
     # TRL's output folder: nothing is saved there (bench train checkpoints), kept out of the run
@@ -368,4 +376,4 @@ def run_trl(
     return loop.output(config, trun.identity(cfg), prog, sched, cost)
 
 
-__all__ = ["ENGINES", "check_engine", "run_trl", "trl_args"]
+__all__ = ["ENGINES", "check_engine", "run_trl", "task_dataset", "trl_args"]
