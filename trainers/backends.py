@@ -21,6 +21,7 @@ after every update.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +177,11 @@ class TransformersBackend:
         return picked.clamp(max=logits.shape[1] - 1)
 
 
+def _load_into(model, weights) -> None:
+    """Load (name, tensor) pairs into a vLLM engine's model (run by ``LLM.apply_model``)."""
+    model.load_weights(weights)
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -210,7 +216,8 @@ class VLLMBackend:
     def load_weights(self, weights: list) -> None:
         """Load (name, tensor) pairs into the engine's model, then drop its prefix cache."""
         if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9
-            self.llm.apply_model(lambda m: m.load_weights(weights))
+            # a module-level function: the engine process unpickles it by reference
+            self.llm.apply_model(functools.partial(_load_into, weights=weights))
         else:
             runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
             runner.model.load_weights(weights)
