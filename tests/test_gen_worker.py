@@ -49,3 +49,34 @@ def test_worker_generates_what_the_in_process_backend_does_and_takes_new_weights
 def test_a_worker_that_cannot_start_reports_why(tmp_path):
     with pytest.raises(WorkerError, match="failed: .*"):
         WorkerBackend("transformers", str(tmp_path / "no-model"), 0, "fp32", eos_id=1, pad_id=0)
+
+
+def _group_alive(group: int) -> bool:
+    import os
+
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stopping_a_worker_stops_the_processes_it_started():
+    """vLLM's engine runs in processes the worker starts; killing only the worker left them
+    running with their memory. The worker's whole process group goes."""
+    import subprocess
+    import time
+
+    from trainers.gen_worker import _stop_group
+
+    # a stand-in worker with a grandchild that ignores the end of its parent
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    time.sleep(0.3)
+    assert _group_alive(proc.pid)
+    proc.kill()  # the worker dies; its child lives on in the group
+    proc.wait()
+    assert _group_alive(proc.pid)
+    _stop_group(proc)
+    assert not _group_alive(proc.pid)

@@ -177,6 +177,17 @@ class TransformersBackend:
         return picked.clamp(max=logits.shape[1] - 1)
 
 
+def _has_inplace_reload() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm.model_executor.model_loader.reload") is not None
+
+
+def _reload_into(worker, weights) -> None:
+    """Reload (name, tensor) pairs in place in a vLLM worker (run by ``LLM.collective_rpc``)."""
+    worker.reload_weights(weights_iterator=weights)
+
+
 def _load_into(model, weights) -> None:
     """Load (name, tensor) pairs into a vLLM engine's model (run by ``LLM.apply_model``)."""
     model.load_weights(weights)
@@ -214,8 +225,20 @@ class VLLMBackend:
         self.load_weights([(k, v.detach()) for k, v in model.state_dict().items()])
 
     def load_weights(self, weights: list) -> None:
-        """Load (name, tensor) pairs into the engine's model, then drop its prefix cache."""
-        if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9
+        """Load (name, tensor) pairs into the engine's model, then drop its prefix cache.
+
+        vLLM's own layers may have been repacked after loading (the CPU build does this to its
+        linear layers, and their parameters lose the ``weight_loader`` a second
+        ``model.load_weights`` needs). Where the engine has in-place reloading (the worker's
+        ``reload_weights``, ``vllm/model_executor/model_loader/reload/inplace.py``, in vLLM 0.32),
+        that is used: it restores the checkpoint layout, loads, and processes the layers again.
+        """
+        if _has_inplace_reload():
+            # a module-level function with the weights bound: vLLM cloudpickles a callable (the
+            # tensors survive), while keyword arguments go through its msgpack encoder, which
+            # turned them into lists
+            self.llm.collective_rpc(functools.partial(_reload_into, weights=weights))
+        elif hasattr(self.llm, "apply_model"):  # vLLM >= 0.9
             # a module-level function: the engine process unpickles it by reference
             self.llm.apply_model(functools.partial(_load_into, weights=weights))
         else:

