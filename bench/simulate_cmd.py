@@ -252,10 +252,13 @@ def simulate(
                 frozen=frozen,
                 **compute_settings(budget_unit, compute_budget, compute_unit, cost_model),
             )
-            for spec in specs
+            # seed-major: the runs that start together are different methods, so on a cold
+            # Numba cache each method's kernels are compiled by one worker, not by all at once
+            # (docs/measurements.md#the-default-bench-simulate-wall-time)
             for seed in seed_list
+            for spec in specs
         ]
-        for cfg in configs[:: len(seed_list)]:
+        for cfg in configs[: len(specs)]:
             check(cfg)
         check_outputs(out_dir, runs_dir, "simulate")
     except (SettingsError, ResultsError) as exc:
