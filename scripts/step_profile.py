@@ -1,6 +1,7 @@
 """Where a `bench train` step's time goes: this checkout against an earlier revision, beside TRL.
 
     python scripts/step_profile.py [--before ea1090b] [--steps 5] [--rounds 1] [--no-trl]
+        [--only 'native,trl engine']
 
 Each of these runs in its own process, on the same settings (the embedded SmolLM2-135M-Instruct
 on the embedded chain-sum task, 8 prompts x 8 samples per step, 32 new tokens, T = 0.7, seed 0,
@@ -9,8 +10,8 @@ the default dtypes: fp32 on CPUs without native bf16), round-robin ``--rounds`` 
 - ``native @ BEFORE``: `bench train` as it was at revision BEFORE (checked out in a temporary
   git worktree);
 - ``native``: `bench train` of this checkout;
-- ``trl engine``: `bench train --engine trl` of this checkout (TRL's GRPOTrainer runs the update
-  and the generation, the allocator sizes the groups);
+- ``trl engine @ BEFORE`` and ``trl engine``: `bench train --engine trl` at BEFORE and of this
+  checkout (TRL's GRPOTrainer runs the update, the allocator sizes the groups);
 - ``trl stock``: TRL's own ``GRPOTrainer`` with nothing of ours but the prompts and the reward:
   ``num_generations`` 8, 8 prompts per step, ``loss_type="dapo"`` (token-mean), ``beta`` 0,
   the same sampling, learning rate and clipping.
@@ -222,9 +223,14 @@ def _run_worker(args: list[str], env: dict) -> list[dict]:
 @click.option("--steps", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--trl/--no-trl", default=True, show_default=True, help="Include the TRL rows.")
+@click.option(
+    "--only",
+    default=None,
+    help="Comma-separated variants to run (default: all), e.g. 'native,trl engine'.",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 @click.option("--worker", default=None, hidden=True)
-def main(before, steps, rounds, trl, json_out, worker):
+def main(before, steps, rounds, trl, only, json_out, worker):
     if worker:  # one measurement, in this process
         kind, *rest = json.loads(worker)
         if kind == "bench":
@@ -245,8 +251,14 @@ def main(before, steps, rounds, trl, json_out, worker):
         "native": ["bench", str(ROOT), "native"],
     }
     if trl:
+        ways[f"trl engine @ {before}"] = ["bench", str(tree), "trl"]
         ways["trl engine"] = ["bench", str(ROOT), "trl"]
         ways["trl stock"] = ["trl-stock"]
+    if only:
+        wanted = [w.strip() for w in only.split(",")]
+        if unknown := [w for w in wanted if w not in ways]:
+            raise click.UsageError(f"unknown variant(s) {unknown}; variants: {list(ways)}")
+        ways = {k: ways[k] for k in wanted}
     results: dict[str, list[dict]] = {k: [] for k in ways}
     try:
         for r in range(rounds):

@@ -176,6 +176,56 @@ def test_gradient_matches_the_project_update(tmp_path, tokenizer, parts):
     assert want.norm() > 0 and rel < 1e-4, rel
 
 
+def test_engine_logps_are_trls_own(tmp_path, tokenizer):
+    """The TRL engine computes TRL's per-token log-probabilities and entropies prompt-once
+    (``prompt_once_logps``); on the plug-in's batch layout they and their gradient are TRL's
+    own ``_get_per_token_logps_and_entropies``'s (its fused LM head over whole sequences)."""
+    from trl import GRPOTrainer
+
+    from trainers.trl_engine import prompt_once_logps
+
+    tr = make(tmp_path, tokenizer)
+    model = tr.model
+    rng = np.random.default_rng(1)
+    prompt_ids = np.array([0, 0, 0, 2, 2, 5])  # shared prompts of different lengths
+    result = _fake_result(
+        Samples.from_request(
+            np.array([0, 2, 5]),
+            np.array([3, 2, 1]),
+            np.array([1, 0, 1, 0, 1, 0], float),
+            np.array([3, 1, 5, 2, 4, 6]),
+            tokens=[list(rng.integers(5, 500, size=n)) for n in (3, 1, 5, 2, 4, 6)],
+        ),
+        TrainBatch(np.arange(6), np.linspace(-1, 1, 6), np.ones(6)),
+        3,
+    )
+    assert result.samples.prompt_ids.tolist() == prompt_ids.tolist()
+    (batch,) = tr.inputs_for(result, 1)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    keep = batch["completion_ids"].size(1)
+    model.train()
+    grads = []
+    outs = []
+    for fn in (
+        lambda: GRPOTrainer._get_per_token_logps_and_entropies(
+            tr, model, ids, mask, keep, compute_entropy=True
+        )[:2],
+        lambda: prompt_once_logps(model, ids, mask, keep, tr.temperature, tokenizer.pad_token_id),
+    ):
+        model.zero_grad()
+        logps, ent = fn()
+        (logps * batch["completion_mask"]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        outs.append((logps.detach() * batch["completion_mask"], ent * batch["completion_mask"]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-5, atol=1e-5)
+    rel = float((grads[1] - grads[0]).norm() / grads[0].norm())
+    assert grads[0].norm() > 0 and rel < 1e-4, rel
+    # a batch with no completion token (the plug-in's fully masked row) is left to TRL
+    assert prompt_once_logps(model, ids, mask * 0, keep, 1.0, 0) is None
+
+
 def test_split_rows_keeps_every_row():
     for n, parts in ((7, 3), (2, 4), (0, 2), (9, 1)):
         chunks = split_rows(n, parts)
@@ -422,6 +472,14 @@ def test_engine_trl_writes_the_native_rows(tmp_path, tiny_folder):
         assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb), name
     steps = pd.read_csv(fb / "steps.csv")
     assert np.isfinite(steps["grad_norm"]).all() and (steps["gen_seconds"] > 0).all()
+    # both engines generate with the same decode loop and per-call seeds: the first step's
+    # samples are the same, and so is its update (TRL's token-mean loss, the same clip)
+    ra, rb = pd.read_parquet(fa / "rollouts.parquet"), pd.read_parquet(fb / "rollouts.parquet")
+    first_a, first_b = ra[ra["step"] == 1], rb[rb["step"] == 1]
+    for col in ("prompt_id", "rollouts", "successes", "tokens"):
+        assert first_a[col].tolist() == first_b[col].tolist(), col
+    sa = pd.read_csv(fa / "steps.csv")
+    assert steps["grad_norm"].iloc[0] == pytest.approx(sa["grad_norm"].iloc[0], rel=1e-4)
     config = json.loads((fb / "config.json").read_text())
     assert config["engine"] == "trl" and "engine" not in json.loads(
         (fa / "config.json").read_text()

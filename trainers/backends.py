@@ -82,10 +82,11 @@ class TransformersBackend:
         by_prompt: dict[int, list[list[int]]] = {}
         gen = torch.Generator().manual_seed(int(seed) % (2**63))
         batch: list[int] = []
+        total = 0  # completions in the batch
         for pos, i in enumerate(order):
             if int(counts[i]) > 0:
                 batch.append(i)
-            total = sum(int(counts[j]) for j in batch)
+                total += int(counts[i])
             if batch and (total >= self.batch_size or pos == len(order) - 1):
                 rows = self._decode(
                     [prompts[j] for j in batch], [int(counts[j]) for j in batch], params, gen
@@ -94,7 +95,7 @@ class TransformersBackend:
                 for j in batch:
                     by_prompt[j] = rows[start : start + int(counts[j])]
                     start += int(counts[j])
-                batch = []
+                batch, total = [], 0
         for i in range(len(prompts)):
             out.extend(by_prompt.get(i, []))
         return out

@@ -78,7 +78,17 @@ def sample_logprobs(
     model, prompts: list[list[int]], responses: list[list[int]], temperature: float, pad_id: int
 ) -> torch.Tensor:
     """log pi(token | the tokens before it) for every response token, flat and row-major
-    (sample 0's response tokens first), float32, at the sampling temperature.
+    (sample 0's response tokens first), float32, at the sampling temperature (the computation:
+    ``response_logits``)."""
+    picked, target = response_logits(model, prompts, responses, temperature, pad_id)
+    return picked.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+
+
+def response_logits(
+    model, prompts: list[list[int]], responses: list[list[int]], temperature: float, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits / temperature, float32, [N, vocab]; the token there, [N]) at every response
+    token, flat and row-major (sample 0's response tokens first).
 
     Each distinct prompt runs through the model once (left-padded, with its KV cache kept, under
     autograd), the cache is repeated for that prompt's samples, and the right-padded responses
@@ -92,7 +102,8 @@ def sample_logprobs(
 
     dev = next(model.parameters()).device
     if not any(responses):
-        return torch.zeros(0, device=dev)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        return torch.zeros((0, vocab), device=dev), torch.zeros(0, dtype=torch.long, device=dev)
     distinct: dict[tuple[int, ...], int] = {}
     rep = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
     unique = list(distinct)
@@ -134,9 +145,7 @@ def sample_logprobs(
             **kv,
         ).logits
         logits = torch.cat([logits, rest], dim=1)  # [S, rw, V]
-    picked = logits[r_mask].float() / temperature  # [N, V]
-    target = r_ids[r_mask]
-    return picked.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+    return logits[r_mask].float() / temperature, r_ids[r_mask]  # [N, V], [N]
 
 
 def policy_loss_terms(

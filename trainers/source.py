@@ -20,6 +20,14 @@ from trainers.backends import GenParams
 from trainers.tasks import Task
 
 
+def call_seed(seed: int, step: int, call: int) -> int:
+    """The generation seed of a step's ``call``-th sampling call (a 64-bit integer): a function
+    of the run seed, the step and the call only, so a resumed run draws what the uninterrupted
+    one drew."""
+    s = np.random.SeedSequence([seed, 7, step, call]).generate_state(2)
+    return int(s[0]) << 32 | int(s[1])
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids of each prompt, through the chat template when the tokenizer has one."""
     if getattr(tokenizer, "chat_template", None):
@@ -63,9 +71,8 @@ class ModelSource:
         return ids.setdefault(answer, len(ids) + 1)
 
     def _seed(self) -> int:
-        s = np.random.SeedSequence([self.seed, 7, self._step, self._call]).generate_state(2)
         self._call += 1
-        return int(s[0]) << 32 | int(s[1])
+        return call_seed(self.seed, self._step, self._call - 1)
 
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
         prompt_ids = np.asarray(prompt_ids, np.int64)
