@@ -425,7 +425,6 @@ def run_training(
     alloc_rng = np.random.default_rng([cfg.seed, 3])
     allocator = cfg.spec().build()
     allocator.reset(n_prompts, alloc_rng)
-    sched = schedule(cfg)
 
     parts = RunParts(policy.model, policy.optimizer, allocator, stream, alloc_rng, learner.hist)
     start = None
@@ -435,27 +434,41 @@ def run_training(
     else:
         start_folder(run_dir, config)
 
-    def checkpoint(prog: Progress) -> None:
-        parts.save(ckpt_dir, cfg, prog)
-
-    cost = cfg.cost()
     try:
-        prog, _ = run(
-            allocator,
-            source,
-            learner,
-            stream,
-            sched,
-            start,
-            progress,
-            should_stop,
-            checkpoint,
-            cfg.checkpoint_every,
-            cost,
-        )
+        return drive(parts, source, learner, cfg, config, start, progress, should_stop, ckpt_dir)
     finally:
         if hasattr(policy.backend, "close"):  # a generation worker process
             policy.backend.close()
+
+
+def drive(
+    parts: RunParts,
+    source,
+    learner,
+    cfg: TrainConfig,
+    config: dict,
+    start: Progress | None,
+    progress,
+    should_stop,
+    ckpt_dir: Path,
+) -> RunOutput:
+    """The loop over a run's parts (both engines): ``allocators.loop.run`` on the run's
+    schedule and cost model, a checkpoint into ``ckpt_dir`` every ``cfg.checkpoint_every``
+    steps (and on a stop), then the run's output."""
+    sched, cost = schedule(cfg), cfg.cost()
+    prog, _ = run(
+        parts.allocator,
+        source,
+        learner,
+        parts.stream,
+        sched,
+        start,
+        progress,
+        should_stop,
+        lambda p: parts.save(ckpt_dir, cfg, p),
+        cfg.checkpoint_every,
+        cost,
+    )
     return loop.output(config, identity(cfg), prog, sched, cost)
 
 

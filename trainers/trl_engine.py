@@ -14,7 +14,7 @@ the run records exactly the rows, evaluations, checkpoints and leaderboard row o
 engine:
 
     loop thread                                   TRL (the calling thread)
-    allocator.step(Step)  -- TRL generation --
+    allocator.step(Step)  -- generation, TRL rewards --
     learner.learn(result) ---- result ------->    _prepare_inputs: the step's trained samples
                                                   forward, backward, optimiser step
                           <--- update stats ---   callback on_log (grad_norm, loss, kl, clip)
@@ -40,9 +40,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from allocators import loop
 from allocators.base import SettingsError, StepResult
-from allocators.loop import Progress, RunOutput, run
+from allocators.loop import RunOutput
 
 ENGINES = ("native", "trl")
 TRL_HINT = "pip install 'rollout-bench[trl]'"
@@ -77,7 +76,7 @@ class _Abort(Exception):
 
 
 class _Channel:
-    """The two threads' messages: ``to_trl`` carries ("step", result), ("done", progress) or
+    """The two threads' messages: ``to_trl`` carries ("step", result), ("done", the run's output) or
     ("error", exception); ``to_loop`` carries ("stats", dict) or ("abort", None)."""
 
     def __init__(self) -> None:
@@ -434,28 +433,12 @@ def run_trl(
     else:
         trun.start_folder(run_dir, config)
 
-    def checkpoint(prog: Progress) -> None:
-        parts.save(ckpt_dir, cfg, prog)
-
-    cost = cfg.cost()
-    sched = trun.schedule(cfg)
-
     def loop_main() -> None:
         try:
-            prog, _ = run(
-                allocator,
-                trainer.source,
-                learner,
-                stream,
-                sched,
-                start,
-                progress,
-                should_stop,
-                checkpoint,
-                cfg.checkpoint_every,
-                cost,
+            out = trun.drive(
+                parts, trainer.source, learner, cfg, config, start, progress, should_stop, ckpt_dir
             )
-            channel.to_trl.put(("done", prog))
+            channel.to_trl.put(("done", out))
         except BaseException as exc:  # noqa: BLE001  (handed to the calling thread)
             channel.to_trl.put(("error", exc))
 
@@ -478,8 +461,7 @@ def run_trl(
     worker.join(timeout=60)
     if kind == "error":
         raise value  # the loop's own exception: Interrupted, a one-line error, ...
-    prog = value
-    return loop.output(config, trun.identity(cfg), prog, sched, cost)
+    return value
 
 
 __all__ = ["ENGINES", "check_engine", "run_trl", "task_dataset", "trl_args"]
