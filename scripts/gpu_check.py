@@ -150,13 +150,18 @@ class Devices:
             return real_inputs(self, result, parts)
 
         trl_plugin.AllocatorGRPOTrainer.inputs_for = inputs_for
-        real_turn = trl_plugin.GRPOTrainer._generate_single_turn
+        # the engine generates with TransformersBackend (wrapped above) and computes TRL's
+        # log-probabilities with prompt_once_logps: where its forward pass runs
+        from trainers import trl_engine
 
-        def single_turn(self, *a, **kw):
-            seen["generation"].add(str(next(self.model.parameters()).device.type))
-            return real_turn(self, *a, **kw)
+        real_logps = trl_engine.prompt_once_logps
 
-        trl_plugin.GRPOTrainer._generate_single_turn = single_turn
+        def logps(model, input_ids, *a, **kw):
+            seen["update"].add(str(input_ids.device.type))
+            seen["policy"].add(str(next(model.parameters()).device.type))
+            return real_logps(model, input_ids, *a, **kw)
+
+        trl_engine.prompt_once_logps = logps
 
     def reset(self) -> None:
         for v in self.seen.values():
