@@ -260,23 +260,7 @@ def _trainer_class():
                 control.should_training_stop = True
             return control
 
-    class KeepGenerator(TrainerCallback):
-        """``Trainer.train()`` reseeds torch's generator and its dataloader iterator draws from
-        it; put back, before the first update, the state the run had when ``train()`` was
-        called, so that a resumed run draws what the uninterrupted one drew."""
-
-        def __init__(self) -> None:
-            self.state = None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            import torch
-
-            if self.state is not None:
-                torch.set_rng_state(self.state)
-                self.state = None
-            return control
-
-    return EngineTrainer, Relay, KeepGenerator
+    return EngineTrainer, Relay
 
 
 def task_dataset(task):
@@ -379,7 +363,7 @@ def run_trl(
 
     dataset, verifier = task_dataset(task)
     done = int(state["progress"]["done"]) if state is not None else 0
-    EngineTrainer, Relay, KeepGenerator = _trainer_class()
+    EngineTrainer, Relay = _trainer_class()
     # TRL's output folder: nothing is saved there (bench train checkpoints), kept out of the run
     scratch = tempfile.TemporaryDirectory(prefix="rollout-bench-trl-")
     # transformers 5 deprecates the gradient_checkpointing names TRL 1.16 still uses
@@ -409,8 +393,6 @@ def run_trl(
 
     trainer.remove_callback(PrinterCallback)  # the rows are printed by bench train
     trainer.add_callback(Relay(trainer))
-    keep = KeepGenerator()
-    trainer.add_callback(keep)
     trainer.create_optimizer()  # before train(), so a checkpoint's state can be loaded into it
 
     # greedy test accuracy as the native engine measures it, on the training weights
@@ -449,7 +431,6 @@ def run_trl(
         kind, value = channel.to_trl.get()
         if kind == "step":
             trainer._incoming = value
-            keep.state = torch.get_rng_state()
             trainer.train()
             if trainer.outcome is None:  # TRL ended first (its step limit): the loop's end
                 channel.to_loop.put(("abort", None))
