@@ -20,12 +20,23 @@ from trainers.backends import GenParams
 from trainers.tasks import Task
 
 
-def call_seed(seed: int, step: int, call: int) -> int:
-    """The generation seed of a step's ``call``-th sampling call (a 64-bit integer): a function
-    of the run seed, the step and the call only, so a resumed run draws what the uninterrupted
-    one drew."""
-    s = np.random.SeedSequence([seed, 7, step, call]).generate_state(2)
-    return int(s[0]) << 32 | int(s[1])
+class CallSeeds:
+    """Generation seeds, one per sampling call (a 64-bit integer): a function of the run seed,
+    the step and the call's place in the step only, so a resumed run draws what the
+    uninterrupted one drew. ``begin(step)`` at each step, ``next()`` for each call."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.step = 0
+        self.call = 0
+
+    def begin(self, step: int) -> None:
+        self.step, self.call = int(step), 0
+
+    def next(self) -> int:
+        s = np.random.SeedSequence([self.seed, 7, self.step, self.call]).generate_state(2)
+        self.call += 1
+        return int(s[0]) << 32 | int(s[1])
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -52,13 +63,11 @@ class ModelSource:
         self.seed = int(seed)
         self.prompt_tokens = encode_prompts(tokenizer, task.train_prompts)
         self.test_tokens = encode_prompts(tokenizer, task.test_prompts)
-        self._step = 0
-        self._call = 0
+        self.seeds = CallSeeds(seed)
         self._answer_ids: dict[int, dict[str, int]] = {}
 
     def begin_step(self, step: int) -> None:
-        self._step = int(step)
-        self._call = 0
+        self.seeds.begin(step)
         self._answer_ids = {}
 
     def _answer_id(self, prompt: int, correct: bool, text: str) -> int:
@@ -70,15 +79,11 @@ class ModelSource:
         ids = self._answer_ids.setdefault(prompt, {})
         return ids.setdefault(answer, len(ids) + 1)
 
-    def _seed(self) -> int:
-        self._call += 1
-        return call_seed(self.seed, self._step, self._call - 1)
-
     def sample(self, prompt_ids: np.ndarray, counts: np.ndarray) -> Samples:
         prompt_ids = np.asarray(prompt_ids, np.int64)
         counts = np.asarray(counts, np.int64)
         responses = self.backend.generate(
-            [self.prompt_tokens[i] for i in prompt_ids], counts, self.params, self._seed()
+            [self.prompt_tokens[i] for i in prompt_ids], counts, self.params, self.seeds.next()
         )
         ids = np.repeat(prompt_ids, counts)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)

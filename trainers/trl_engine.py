@@ -154,19 +154,18 @@ def _engine_source(trainer, answer_fn, backend, params, seed: int):
     ``trainers/backends.py``) and ``bench train``'s per-call seeds, so that both engines draw
     the same samples under one seed; tokenisation and reward functions are TRL's, as in the
     plug-in."""
-    from trainers.source import call_seed
+    from trainers.source import CallSeeds
     from trainers.trl_plugin import TRLSource
+
+    seeds = CallSeeds(seed)
 
     class EngineSource(TRLSource):
         def begin_step(self, index: int) -> None:
             super().begin_step(index)
-            self._step, self._call = int(index), 0
+            seeds.begin(index)
 
         def generate(self, prompt_ids, counts):
-            self._call += 1
-            return backend.generate(
-                prompt_ids, counts, params, call_seed(seed, self._step, self._call - 1)
-            )
+            return backend.generate(prompt_ids, counts, params, seeds.next())
 
     return EngineSource(trainer, answer_fn)
 
