@@ -140,10 +140,10 @@ def prompt_once_logps(
     prompts = [row[m].tolist() for row, m in zip(input_ids[:, :split], pm)]
     responses = [row[m].tolist() for row, m in zip(input_ids[:, split:], cm)]
     picked, target = response_logits(model, prompts, responses, temperature, pad_id)
-    flat = picked.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+    lp = picked.log_softmax(-1)  # one normalisation for both the tokens and the entropies
+    flat = lp.gather(1, target[:, None]).squeeze(1)
     logps = torch.zeros(cm.shape, dtype=flat.dtype, device=flat.device).masked_scatter(cm, flat)
     with torch.no_grad():
-        lp = picked.detach().log_softmax(-1)
         ent = -(lp.exp() * lp).sum(-1)
     entropies = torch.zeros(cm.shape, dtype=ent.dtype, device=ent.device).masked_scatter(cm, ent)
     return logps, entropies
