@@ -10,7 +10,7 @@ after every update.
   its KV cache repeated for its completions, a completion leaves the batch once it has emitted
   EOS, and tokens are drawn by inverse CDF from a torch generator seeded per call, so a step's
   samples are a function of (weights, seed). Greedy output equals ``model.generate``'s
-  (tests/test_train.py); 2.2x faster than batched ``model.generate`` on this project's CPU
+  (tests/test_train.py); 2.7x faster than batched ``model.generate`` on this project's CPU
   (docs/measurements.md#the-cpu-trainer-step).
 - ``vllm``: ``LLM.generate`` with one ``SamplingParams(n=count)`` per prompt; weights loaded into
   the engine's model after every update. vLLM is an optional extra (``pip install
