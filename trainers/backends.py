@@ -231,8 +231,8 @@ class VLLMBackend:
         vLLM's own layers may have been repacked after loading (the CPU build does this to its
         linear layers, and their parameters lose the ``weight_loader`` a second
         ``model.load_weights`` needs). Where the engine has in-place reloading (the worker's
-        ``reload_weights``, ``vllm/model_executor/model_loader/reload/inplace.py``, in vLLM 0.32),
-        that is used: it restores the checkpoint layout, loads, and processes the layers again.
+        ``reload_weights``: vllm-project/vllm at b319f0608a88,
+        ``vllm/model_executor/model_loader/reload/inplace.py``, as in vLLM 0.32), that is used: it restores the checkpoint layout, loads, and processes the layers again.
         """
         if _has_inplace_reload():
             # a module-level function with the weights bound: vLLM cloudpickles a callable (the
